@@ -1,0 +1,39 @@
+"""Prometheus metrics of one API app (own registry, so several apps can live in one process)."""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics"]
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "roomscribe_http_requests",
+            "HTTP requests by method, route template and status",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "roomscribe_http_request_duration_seconds",
+            "HTTP request handling time",
+            ("method", "route"),
+            registry=self.registry,
+        )
+        self.jobs_submitted = Counter(
+            "roomscribe_jobs_submitted",
+            "jobs queued through the API",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "roomscribe_upload_bytes", "audio bytes received in uploads", registry=self.registry
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

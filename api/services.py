@@ -1,0 +1,68 @@
+"""What the API app runs on; the ``serve`` process builds one and hands it to ``create_app``."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter
+from nats.aio.client import Client as NatsClient
+
+from api.metrics import ApiMetrics
+from config.settings import Settings
+from pipeline.jobs import JobStore
+from pipeline.webhooks import Notifier, WebhookDispatcher
+
+
+@dataclass
+class Services:
+    settings: Settings
+    nc: NatsClient
+    store: JobStore
+    notifier: Notifier
+    runtime: Any | None = None
+    routers: list[APIRouter] = field(default_factory=list)
+    run_worker: bool = False
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    _running: list[Any] = field(default_factory=list)
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        nc: NatsClient,
+        runtime: Any | None = None,
+        routers: list[APIRouter] | None = None,
+        run_worker: bool | None = None,
+    ) -> "Services":
+        """Open the job store and notifier on ``nc``; ``run_worker`` defaults to ``postcall.run_worker``."""
+        prefix = settings.nats.subject_prefix
+        return cls(
+            settings=settings,
+            nc=nc,
+            store=await JobStore.open(nc, prefix),
+            notifier=await Notifier.open(nc, prefix),
+            runtime=runtime,
+            routers=list(routers or []),
+            run_worker=settings.postcall.run_worker if run_worker is None else run_worker,
+        )
+
+    async def start(self) -> None:
+        """Start the in-process worker and webhook sender (if asked) and hook ended calls."""
+        if self.runtime is not None:
+            from pipeline.postcall import call_ended_hook
+
+            self.runtime.call_ended_hooks.append(
+                call_ended_hook(self.store, self.notifier, self.settings)
+            )
+        if self.run_worker:
+            from pipeline.worker import Worker
+
+            worker = Worker(self.settings, self.store, self.notifier)
+            await worker.start()
+            self._running.append(worker)
+        dispatcher = WebhookDispatcher(self.notifier, self.settings.postcall)
+        await dispatcher.start()
+        self._running.append(dispatcher)
+
+    async def stop(self) -> None:
+        while self._running:
+            await self._running.pop().stop()

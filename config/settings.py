@@ -1,0 +1,147 @@
+"""All settings in one pydantic model.
+
+Precedence: explicit keyword arguments, then environment variables (``ROOMSCRIBE_`` prefix,
+``__`` between section and field, e.g. ``ROOMSCRIBE_LIVE__PARTIAL_INTERVAL_S=0.8``; ``NATS_URL``
+is read as is), then the TOML file named by ``ROOMSCRIBE_CONFIG``, then ``config/default.toml``.
+"""
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TOML = Path(__file__).with_name("default.toml")
+
+
+class LiveSettings(BaseModel):
+    model: str = "whisper-tiny.en"
+    language: str = "en"
+    decode_threads: int = Field(default=0, ge=0, description="0 = one per CPU core")
+    partial_interval_s: float = Field(default=0.6, gt=0)
+    max_partial_interval_s: float = Field(default=3.0, gt=0)
+    max_utterance_s: float = Field(default=12.0, gt=1)
+    min_silence_s: float = Field(default=0.45, gt=0)
+    vad_mode: int = Field(default=2, ge=0, le=3)
+    input_queue_s: float = Field(
+        default=30.0, gt=0, description="audio a stream buffers before it drops"
+    )
+
+
+class NatsSettings(BaseModel):
+    url: str | None = None
+    subject_prefix: str = "roomscribe"
+    embedded_port: int = 0
+    embedded_websocket_port: int = 0
+    embedded_host: str = Field(
+        default="127.0.0.1", description="0.0.0.0 lets remote overlays connect"
+    )
+    embedded_monitor_port: int | None = Field(
+        default=None, description="HTTP monitoring; None = off, 0 = any"
+    )
+    reconnect_wait_s: float = Field(default=0.5, gt=0)
+    flush_timeout_s: float = Field(
+        default=2.0, gt=0, description="a publish batch unconfirmed after this is resent"
+    )
+    outbox_limit: int = Field(default=10_000, gt=0, description="frames held while NATS is away")
+
+
+class BridgeSettings(BaseModel):
+    host_addresses: list[str] = Field(default_factory=list, description="empty = all interfaces")
+    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    track_stall_s: float = Field(
+        default=10.0, gt=0, description="a track silent this long is flushed (its peer may be gone)"
+    )
+    bearer_tokens: list[str] = Field(default_factory=list)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: list[str] = Field(default_factory=list)
+    max_upload_mb: float = 500.0
+    download_timeout_s: float = 60.0
+    allow_private_urls: bool = False
+    max_download_mb: float = 500.0
+    max_page_size: int = Field(default=100, ge=1)
+
+
+class LimitsSettings(BaseModel):
+    """Admission control of live streams (WebSocket sessions and WebRTC tracks alike)."""
+
+    max_streams: int = Field(default=16, ge=0, description="live streams at once; 0 = no limit")
+    max_stream_s: float = Field(
+        default=4 * 3600.0, gt=0, description="longest live stream (audio or wall clock)"
+    )
+    idle_timeout_s: float = Field(default=60.0, gt=0, description="a stream without audio ends")
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After of a refused request")
+    listen_token_ttl_s: float = Field(
+        default=300.0, gt=0, description="lifetime of a POST /v1/listen/token token"
+    )
+
+
+class PostCallSettings(BaseModel):
+    model: str = "whisper-base"
+    run_worker: bool = True
+    summarize: bool = True
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 60.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry waits up to this")
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    batch_model: str = Field(default="whisper-base", description="REST batch jobs without a model")
+    beam_size: int = Field(default=5, ge=1, le=16)
+    redact_pii: bool | list[str] = Field(
+        default=False, description="post-call jobs from ended calls"
+    )
+    job_ack_wait_s: float = Field(
+        default=60.0, gt=1, description="a job not heard from this long is redelivered"
+    )
+    job_max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ROOMSCRIBE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("./data")
+    live: LiveSettings = Field(default_factory=LiveSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    postcall: PostCallSettings = Field(default_factory=PostCallSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    data: dict[str, Any] = tomllib.loads(DEFAULT_TOML.read_text())
+    chosen = path or (
+        Path(os.environ["ROOMSCRIBE_CONFIG"]) if os.environ.get("ROOMSCRIBE_CONFIG") else None
+    )
+    if chosen is not None:
+        data = _merge(data, tomllib.loads(chosen.read_text()))
+    env = Settings().model_dump(exclude_unset=True)
+    data = _merge(data, env)
+    if os.environ.get("NATS_URL"):
+        data.setdefault("nats", {})["url"] = os.environ["NATS_URL"]
+    data = _merge(data, overrides)
+    return Settings.model_validate(data)

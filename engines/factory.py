@@ -1,0 +1,38 @@
+"""Model name -> loaded engine."""
+
+import os
+
+from config import Settings
+from engines.base import Engine, ModelNotFoundError
+from engines.models import resolve
+from engines.vad import VadConfig
+from engines.whisper_chunked import WhisperChunkedEngine, WhisperOptions
+
+
+def decode_threads(settings: Settings) -> int:
+    return settings.live.decode_threads or max(1, os.cpu_count() or 1)
+
+
+def load_engine(name: str, settings: Settings) -> Engine:
+    """The live engine for ``name`` (catalog name, model folder or URL already pulled)."""
+    model = resolve(name, settings.data_dir)
+    if not model.present:
+        raise ModelNotFoundError(name, f"not downloaded yet: run `roomscribe models pull {name}`")
+    live = settings.live
+    if model.kind == "whisper":
+        options = WhisperOptions(
+            partial_interval_s=live.partial_interval_s,
+            max_partial_interval_s=live.max_partial_interval_s,
+            max_utterance_s=live.max_utterance_s,
+            vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
+        )
+        return WhisperChunkedEngine(
+            model.path,
+            model.name,
+            options=options,
+            language=live.language,
+            parallel=decode_threads(settings),
+        )
+    from engines.sherpa_online import SherpaOnlineEngine
+
+    return SherpaOnlineEngine(model, num_threads=1)

@@ -1,0 +1,93 @@
+"""The async recognizer stream callers use: push audio, flush, iterate events, close."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from engines.base import Engine, EngineError, Hypothesis, StreamStats, as_float32
+from engines.scheduler import DecodeScheduler
+
+
+class RecognizeStream:
+    """One speaker's recognition. Events come out in order: interims then the final of each
+    utterance. Iteration ends after :meth:`end_input` once every final is out."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: DecodeScheduler,
+        language: str | None = None,
+        max_events: int = 256,
+    ) -> None:
+        self.engine = engine
+        self._stream = engine.create_stream(language)
+        self._scheduler = scheduler
+        self._events: asyncio.Queue[Hypothesis | BaseException | None] = asyncio.Queue(max_events)
+        self._ended = False
+        self._closed = False
+        self._reg = scheduler.register(engine, self._stream, self._deliver, self._fail)
+
+    @property
+    def stats(self) -> StreamStats:
+        return self._stream.stats
+
+    @property
+    def backlog_seconds(self) -> float:
+        return self._stream.backlog_seconds
+
+    def push_frame(self, pcm: bytes | np.ndarray) -> None:
+        """16 kHz mono audio: s16le bytes, int16 or float32 samples."""
+        if self._ended:
+            raise EngineError("stream input already ended")
+        samples = as_float32(pcm)
+        if samples.size:
+            self._stream.accept(samples)
+            self._scheduler.wake()
+
+    def flush(self) -> None:
+        """End the open utterance now (its final follows)."""
+        self.end_input()
+
+    def end_input(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._stream.finish()
+            self._scheduler.wake()
+            self._check_done()
+
+    def _put(self, item: Hypothesis | BaseException | None) -> None:
+        try:
+            self._events.put_nowait(item)
+        except asyncio.QueueFull:
+            if isinstance(item, Hypothesis) and item.kind == "interim":
+                return  # latest-wins: an interim is superseded by the next one anyway
+            self._events._queue.append(item)  # type: ignore[attr-defined]  # finals are never dropped
+
+    def _deliver(self, results: list[Hypothesis]) -> None:
+        for hyp in results:
+            self._put(hyp)
+        self._check_done()
+
+    def _fail(self, error: BaseException) -> None:
+        self._put(error)
+
+    def _check_done(self) -> None:
+        if self._ended and self._stream.done and not self._reg.in_flight and not self._reg.closed:
+            self._scheduler.unregister(self._reg)
+            self._put(None)
+
+    async def __aiter__(self) -> AsyncIterator[Hypothesis]:
+        while True:
+            item = await self._events.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._scheduler.unregister(self._reg)
+            self._put(None)

@@ -1,0 +1,167 @@
+"""One scheduler shares decode threads across every recognizer stream in the process.
+
+Rules:
+* a stream is never decoded by two threads at once (at most one job in flight per stream);
+* finals go before partials, so a talker's finals are never starved by others' partials;
+* among partials the stream served longest ago goes first (round robin);
+* ready jobs of one engine are batched up to the engine's ``max_batch``;
+* when partials wait longer than their cadence, ``load`` rises and every stream's partial
+  cadence stretches (it backs off instead of falling behind); it decays when there is room.
+"""
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from engines.base import Engine, EngineStream, Hypothesis, Work
+
+log = logging.getLogger(__name__)
+
+ResultCallback = Callable[[list[Hypothesis]], None]
+ErrorCallback = Callable[[BaseException], None]
+
+
+@dataclass(eq=False)
+class Registration:
+    engine: Engine
+    stream: EngineStream
+    on_results: ResultCallback
+    on_error: ErrorCallback
+    last_served: float = field(default_factory=time.monotonic)
+    in_flight: bool = False
+    closed: bool = False
+
+
+class DecodeScheduler:
+    def __init__(self, threads: int = 0, max_load: float = 5.0) -> None:
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.max_load = max_load
+        self.load = 1.0
+        self._registrations: list[Registration] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = 0
+        self.jobs_run = 0
+        self.partials_deferred = 0
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="decode-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def register(
+        self,
+        engine: Engine,
+        stream: EngineStream,
+        on_results: ResultCallback,
+        on_error: ErrorCallback,
+    ) -> Registration:
+        reg = Registration(engine, stream, on_results, on_error)
+        self._registrations.append(reg)
+        self.wake()
+        return reg
+
+    def unregister(self, reg: Registration) -> None:
+        reg.closed = True
+        if reg in self._registrations:
+            self._registrations.remove(reg)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._registrations)
+
+    def _ready(self) -> list[tuple[Work, float, Registration]]:
+        ready = []
+        for reg in self._registrations:
+            if reg.in_flight or reg.closed:
+                continue
+            work = reg.stream.next_work(self.load)
+            if work is not None:
+                ready.append((work, reg.last_served, reg))
+        ready.sort(key=lambda item: (item[0], item[1]))
+        return ready
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        ready = self._ready()
+        free = self.threads - self._busy
+        partial_waiting = sum(1 for work, _, _ in ready if work == Work.PARTIAL)
+        while ready and free > 0:
+            work, _, first = ready.pop(0)
+            batch = [(first, work)]
+            limit = first.engine.info.max_batch
+            for item in list(ready):
+                if len(batch) >= limit:
+                    break
+                if item[2].engine is first.engine and item[0] == work:
+                    batch.append((item[2], item[0]))
+                    ready.remove(item)
+            self._submit(first.engine, batch)
+            free -= 1
+        self._adjust_load(partial_waiting, sum(1 for work, _, _ in ready if work == Work.PARTIAL))
+
+    def _adjust_load(self, waiting_before: int, still_waiting: int) -> None:
+        if still_waiting:
+            self.partials_deferred += still_waiting
+            self.load = min(self.max_load, self.load * 1.25)
+        elif waiting_before == 0 or self._busy < self.threads:
+            self.load = max(1.0, self.load * 0.95)
+
+    def _submit(self, engine: Engine, batch: list[tuple[Registration, Work]]) -> None:
+        assert self._executor is not None
+        for reg, _ in batch:
+            reg.in_flight = True
+        self._busy += 1
+        loop = asyncio.get_running_loop()
+        jobs = [(reg.stream, work) for reg, work in batch]
+        future = loop.run_in_executor(self._executor, engine.run_batch, jobs)
+        future.add_done_callback(lambda fut: self._finished(batch, fut))
+
+    def _finished(
+        self,
+        batch: list[tuple[Registration, Work]],
+        future: "asyncio.Future[list[list[Hypothesis]]]",
+    ) -> None:
+        self._busy -= 1
+        self.jobs_run += 1
+        now = time.monotonic()
+        error = None if future.cancelled() else future.exception()
+        for index, (reg, _) in enumerate(batch):
+            reg.in_flight = False
+            reg.last_served = now
+            if reg.closed:
+                continue
+            if future.cancelled():
+                continue
+            if error is not None:
+                log.error("decode failed: %s", error)
+                reg.on_error(error)
+            else:
+                reg.on_results(future.result()[index])
+        self.wake()

@@ -1,0 +1,168 @@
+"""A batch job: one mixed recording (upload or URL) -> decode -> VAD + recognizer -> speakers."""
+
+import asyncio
+import io
+
+import av
+import numpy as np
+
+from engines.base import EngineError, ModelNotFoundError
+from engines.diarization import split_segments
+from engines.whisper_batch import BatchResult, BatchSegment
+from pipeline.audio_io import SAMPLE_RATE, AudioDecodeError, decode_file
+from pipeline.download import DownloadError, download
+from pipeline.jobs import JobContext, JobFailure, JobNotFoundError
+from protocol.errors import ErrorCode
+from protocol.frames import Word
+from protocol.transcript import Segment, Speaker, Transcript
+
+DIARIZATION_UNAVAILABLE = ErrorCode.DIARIZATION_UNAVAILABLE.value
+TRUNCATION_RATIO = 0.9
+
+
+async def source_audio(ctx: JobContext) -> bytes:
+    """The job's audio bytes: stored with the job (upload) or fetched from its URL."""
+    source = ctx.record.source
+    if source.type == "url" and source.url:
+        ctx.progress(0.0, "downloading")
+        api = ctx.settings.api
+        try:
+            data = await download(
+                source.url,
+                int(api.max_download_mb * 1024 * 1024),
+                api.download_timeout_s,
+                api.allow_private_urls,
+            )
+        except DownloadError as exc:
+            raise JobFailure(exc.code, exc.message) from exc
+        await ctx.store.put_file(ctx.record.id, "audio", data)
+        return data
+    try:
+        return await ctx.store.get_file(ctx.record.id, "audio")
+    except JobNotFoundError as exc:
+        raise JobFailure("NOT_FOUND", "the job's audio is gone (deleted?)") from exc
+
+
+def declared_seconds(data: bytes) -> float | None:
+    """The duration the container's header states, if it states one."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return None if container.duration is None else container.duration / av.time_base
+    except (av.error.FFmpegError, OSError):  # type: ignore[attr-defined]
+        return None
+
+
+async def decode(data: bytes, name: str, check_length: bool = False) -> np.ndarray:
+    """16 kHz mono int16; with ``check_length`` a file that decodes to clearly less than its
+    header declares (a truncated upload) fails with INVALID_AUDIO."""
+    if not data:
+        raise JobFailure("EMPTY_AUDIO", f"{name}: the file is empty (0 bytes)")
+    stream = io.BytesIO(data)
+    stream.name = name
+    try:
+        samples = await asyncio.to_thread(decode_file, stream)
+    except AudioDecodeError as exc:
+        raise JobFailure(exc.code, exc.message) from exc
+    if check_length:
+        declared = await asyncio.to_thread(declared_seconds, data)
+        decoded = samples.size / SAMPLE_RATE
+        if declared is not None and decoded < declared * TRUNCATION_RATIO - 0.25:
+            raise JobFailure(
+                "INVALID_AUDIO",
+                f"{name}: truncated: its header declares {declared:.1f} s but only {decoded:.1f} s decode",
+            )
+    return samples
+
+
+async def recognize(
+    ctx: JobContext,
+    samples: np.ndarray,
+    model: str,
+    offset: float = 0.0,
+    share: tuple[float, float] = (0.0, 1.0),
+    language: str | None = None,
+) -> BatchResult:
+    """Run the named model over ``samples`` in a thread; progress maps into ``share``."""
+    language = language or ctx.record.options.language
+    beam = ctx.record.options.beam_size or ctx.settings.postcall.beam_size
+    low, high = share
+
+    def run() -> BatchResult:
+        recognizer = ctx.models.get(model)
+        return recognizer.transcribe(
+            samples,
+            language=language,
+            beam_size=beam,
+            offset=offset,
+            on_progress=lambda done: ctx.progress(low + (high - low) * done, "transcribing"),
+        )
+
+    try:
+        return await asyncio.to_thread(run)
+    except ModelNotFoundError as exc:
+        raise JobFailure("MODEL_NOT_FOUND", str(exc)) from exc
+    except EngineError as exc:
+        raise JobFailure(exc.code, str(exc)) from exc
+
+
+def to_words(segment: BatchSegment) -> list[Word]:
+    return [
+        Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence) for w in segment.words
+    ]
+
+
+async def run_batch(ctx: JobContext) -> Transcript:
+    record = ctx.record
+    options = record.options
+    name = record.source.filename or record.source.url or "upload"
+    samples = await decode(await source_audio(ctx), name, check_length=True)
+    ctx.progress(0.05, "decoded")
+    model = options.model or ctx.settings.postcall.batch_model
+    result = await recognize(ctx, samples, model, share=(0.05, 0.8 if options.diarize else 0.95))
+    if options.diarize:
+        ctx.progress(0.8, "diarizing")
+        try:
+            diarizer = await asyncio.to_thread(ctx.diarizer)
+            turns = await asyncio.to_thread(diarizer.diarize, samples, options.speakers_expected)
+        except ModelNotFoundError as exc:
+            raise JobFailure(
+                DIARIZATION_UNAVAILABLE, f"diarization models are not prepared: {exc}"
+            ) from exc
+        parts = split_segments(turns, result.segments)
+        segments = [
+            Segment(
+                id=f"s{index:04d}",
+                speaker=part.speaker,
+                start=part.start,
+                end=part.end,
+                text=part.text,
+                words=[
+                    Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence)
+                    for w in part.words
+                ],  # type: ignore[attr-defined]
+            )
+            for index, part in enumerate(parts)
+        ]
+    else:
+        segments = [
+            Segment(
+                id=f"s{index:04d}",
+                speaker="S1",
+                start=s.start,
+                end=s.end,
+                text=s.text,
+                words=to_words(s),
+            )
+            for index, s in enumerate(result.segments)
+        ]
+    speakers = sorted({segment.speaker for segment in segments}, key=lambda s: (len(s), s)) or [
+        "S1"
+    ]
+    return Transcript(
+        id=record.id,
+        language=result.language,
+        model=result.model,
+        duration=round(result.duration, 3),
+        speakers=[Speaker(id=speaker) for speaker in speakers],
+        segments=segments,
+    )

@@ -1,0 +1,334 @@
+"""Durable jobs: records with an explicit state machine, kept in NATS JetStream.
+
+* work queue: stream ``<BASE>_JOBS`` (work-queue retention) on ``<prefix>.v1.jobs.<kind>``;
+  the message body is ``{"id": <job id>}`` and ``Nats-Msg-Id`` is the job id, so a repeated
+  submission is dropped by the server;
+* records: KV bucket ``<base>_jobs``, key = job id, updated with compare-and-set;
+* audio and results: object store ``<base>_files``, names ``<job id>/<file>``, so writing a
+  result twice (a redelivered job) overwrites rather than duplicates.
+
+``<base>`` is the subject prefix with dots turned into underscores (``roomscribe``).
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.settings import Settings
+from engines.whisper_batch import WhisperModels
+from protocol.transcript import Transcript
+
+if TYPE_CHECKING:
+    from engines.diarization import Diarizer
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+
+_ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.PROCESSING, JobState.FAILED}),
+    # processing -> processing: progress updates and a redelivered job restarting
+    JobState.PROCESSING: frozenset({JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+
+
+class JobKind(StrEnum):
+    BATCH = "batch"
+    POSTCALL = "postcall"
+    RETRANSCRIBE = "retranscribe"
+
+
+class IllegalTransitionError(Exception):
+    def __init__(self, job_id: str, current: JobState, target: JobState) -> None:
+        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+class JobNotFoundError(Exception):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
+
+
+class JobFailure(Exception):
+    """Raised by a job handler: the job ends ``failed`` with this code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    language: str | None = None
+    model: str | None = None
+    diarize: bool = False
+    speakers_expected: int | None = Field(default=None, ge=1, le=32)
+    redact_pii: bool | list[str] = False
+    summarize: bool = False
+    beam_size: int | None = Field(default=None, ge=1, le=16)
+
+
+class JobSource(BaseModel):
+    type: Literal["upload", "url", "call", "segment"]
+    url: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    call_id: str | None = None
+    parent_id: str | None = None
+    segment_id: str | None = None
+
+
+class JobRecord(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobState = JobState.QUEUED
+    progress: int = Field(default=0, ge=0, le=100)
+    message: str = "queued"
+    created_at: float
+    updated_at: float
+    source: JobSource
+    options: JobOptions = Field(default_factory=JobOptions)
+    webhook_url: str | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    results: list[str] = Field(default_factory=list, description="stored result files")
+
+    def transition(self, target: JobState, **changes: Any) -> "JobRecord":
+        """A copy in state ``target``; raises IllegalTransitionError if the machine forbids it."""
+        if target not in _ALLOWED[self.status]:
+            raise IllegalTransitionError(self.id, self.status, target)
+        return JobRecord.model_validate(
+            {**self.model_dump(), **changes, "status": target, "updated_at": time.time()}
+        )
+
+
+def new_job_id(now: float | None = None) -> str:
+    """Ids sort by creation time: ``tr_`` + 12 hex digits of milliseconds + 8 random."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"tr_{millis:012x}{os.urandom(4).hex()}"
+
+
+def bucket_base(prefix: str) -> str:
+    return prefix.replace(".", "_").replace("-", "_")
+
+
+class JobStore:
+    """Job records, the work queue and stored files on one JetStream context."""
+
+    def __init__(self, nc: NatsClient, prefix: str, kv: Any, files: Any) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.prefix = prefix
+        self.stream = f"{bucket_base(prefix).upper()}_JOBS"
+        self._kv = kv
+        self._files = files
+
+    @classmethod
+    async def open(cls, nc: NatsClient, prefix: str = "roomscribe") -> "JobStore":
+        """Create (or reuse) the stream, KV bucket and object store."""
+        js = nc.jetstream()
+        base = bucket_base(prefix)
+        stream = f"{base.upper()}_JOBS"
+        config = StreamConfig(
+            name=stream,
+            subjects=[f"{prefix}.v1.jobs.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=600.0,
+        )
+        try:
+            await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+        kv = await open_kv(js, f"{base}_jobs")
+        try:
+            files = await js.object_store(f"{base}_files")
+        except nats.js.errors.BucketNotFoundError:
+            files = await js.create_object_store(f"{base}_files", storage=StorageType.FILE)
+        return cls(nc, prefix, kv, files)
+
+    @property
+    def work_subjects(self) -> str:
+        return f"{self.prefix}.v1.jobs.>"
+
+    def work_subject(self, kind: JobKind) -> str:
+        return f"{self.prefix}.v1.jobs.{kind.value}"
+
+    async def submit(self, record: JobRecord, audio: bytes | BinaryIO | None = None) -> JobRecord:
+        """Store the audio and the record, then queue the job (in that order); idempotent."""
+        if audio is not None:
+            await self.put_file(record.id, "audio", audio)
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):  # submitted before
+            await self._kv.create(record.id, record.model_dump_json().encode())
+        await self.js.publish(
+            self.work_subject(record.kind),
+            json.dumps({"id": record.id}).encode(),
+            stream=self.stream,
+            headers={"Nats-Msg-Id": record.id},
+        )
+        return record
+
+    async def create(self, record: JobRecord) -> None:
+        """Store a record without queueing it: a job whose results are already stored."""
+        await self._kv.create(record.id, record.model_dump_json().encode())
+
+    async def get(self, job_id: str) -> JobRecord:
+        entry = await self._entry(job_id)
+        return JobRecord.model_validate_json(entry.value)
+
+    async def _entry(self, job_id: str) -> Any:
+        try:
+            entry = await self._kv.get(job_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError) as exc:
+            raise JobNotFoundError(job_id) from exc
+        if not entry.value:
+            raise JobNotFoundError(job_id)
+        return entry
+
+    async def transition(self, job_id: str, target: JobState, **changes: Any) -> JobRecord:
+        """Compare-and-set the record into ``target``; raises IllegalTransitionError."""
+        return await self.modify(job_id, lambda record: record.transition(target, **changes))
+
+    async def modify(self, job_id: str, change: Callable[[JobRecord], JobRecord]) -> JobRecord:
+        while True:
+            entry = await self._entry(job_id)
+            updated = change(JobRecord.model_validate_json(entry.value))
+            try:
+                await self._kv.update(
+                    job_id, updated.model_dump_json().encode(), last=entry.revision
+                )
+                return updated
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+
+    async def page(
+        self, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; pass the returned cursor to get the next page (None: no more)."""
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return [], None
+        ordered = sorted(keys, reverse=True)
+        if cursor is not None:
+            ordered = [key for key in ordered if key < cursor]
+        page: list[JobRecord] = []
+        for key in ordered:
+            try:
+                page.append(await self.get(key))
+            except JobNotFoundError:
+                continue
+            if len(page) == limit:
+                break
+        more = bool(page) and any(key < page[-1].id for key in ordered)
+        return page, page[-1].id if more else None
+
+    async def delete(self, job_id: str) -> None:
+        """Remove the record, its audio and every result."""
+        await self._entry(job_id)
+        for name in await self.file_names(job_id):
+            await self.delete_file(job_id, name)
+        await self._kv.purge(job_id)
+
+    async def put_file(self, job_id: str, name: str, data: bytes | BinaryIO) -> None:
+        await self._files.put(f"{job_id}/{name}", data)
+
+    async def get_file(self, job_id: str, name: str) -> bytes:
+        try:
+            result = await self._files.get(f"{job_id}/{name}")
+        except nats.js.errors.NotFoundError as exc:
+            raise JobNotFoundError(f"{job_id}/{name}") from exc
+        return bytes(result.data or b"")
+
+    async def delete_file(self, job_id: str, name: str) -> None:
+        try:
+            await self._files.delete(f"{job_id}/{name}")
+        except nats.js.errors.NotFoundError:
+            pass
+
+    async def file_names(self, job_id: str) -> list[str]:
+        try:
+            infos = await self._files.list(ignore_deletes=True)
+        except nats.js.errors.NotFoundError:
+            return []
+        head = f"{job_id}/"
+        return [
+            info.name[len(head) :]
+            for info in infos
+            if info.name.startswith(head) and not info.deleted
+        ]
+
+    async def put_transcript(self, job_id: str, transcript: Transcript) -> None:
+        await self.put_file(job_id, "transcript.json", transcript.model_dump_json().encode())
+
+    async def get_transcript(self, job_id: str) -> Transcript:
+        return Transcript.model_validate_json(await self.get_file(job_id, "transcript.json"))
+
+
+async def open_kv(js: JetStreamContext, bucket: str, history: int = 1) -> Any:
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(bucket=bucket, history=history, storage=StorageType.FILE)
+
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class JobContext:
+    """What a job handler gets. ``progress(fraction, message)`` may be called from any thread."""
+
+    record: JobRecord
+    settings: Settings
+    store: JobStore
+    models: WhisperModels
+    progress: ProgressCallback
+    diarizer: Callable[[], "Diarizer"]
+
+
+JobHandler = Callable[[JobContext], Awaitable[Transcript]]
+
+
+async def wait_for(
+    store: JobStore, job_id: str, timeout: float = 60.0, poll_s: float = 0.1
+) -> JobRecord:
+    """Poll until the job is completed or failed; raises TimeoutError."""
+    async with asyncio.timeout(timeout):
+        while True:
+            record = await store.get(job_id)
+            if record.status.terminal:
+                return record
+            await asyncio.sleep(poll_s)

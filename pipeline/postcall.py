@@ -1,0 +1,182 @@
+"""The post-call re-pass: each speaker's recording through the stronger model, merged by time.
+
+A re-pass segment that overlaps live finals of the same participant takes over their
+``segment_id`` (as ``Segment.id``, all of them in ``live_segment_ids``), so a consumer can
+replace the live captions in place. Each live final goes to the one re-pass segment it
+overlaps most, which keeps segment ids unique.
+"""
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from config.settings import Settings
+from pipeline.batch import decode, recognize, to_words
+from pipeline.jobs import (
+    JobContext,
+    JobFailure,
+    JobKind,
+    JobOptions,
+    JobRecord,
+    JobSource,
+    JobStore,
+    new_job_id,
+)
+from pipeline.recorder import CallRecord, ParticipantRecord
+from pipeline.webhooks import EventType, Notifier
+from protocol.frames import CaptionFrame
+from protocol.transcript import Segment, Speaker, Transcript
+
+_Piece = tuple[ParticipantRecord, Segment]
+
+
+def calls_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "calls"
+
+
+def load_call(settings: Settings, call_id: str) -> CallRecord:
+    directory = calls_dir(settings) / call_id
+    if "/" in call_id or call_id in ("", ".", "..") or not (directory / "call.json").is_file():
+        raise JobFailure("NOT_FOUND", f"no recorded call {call_id!r} under {calls_dir(settings)}")
+    return CallRecord.load(directory)
+
+
+def _overlap(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
+    return min(a_end, b_end) - max(a_start, b_start)
+
+
+def attach_live_ids(pieces: list[_Piece], finals: list[CaptionFrame]) -> dict[int, list[str]]:
+    """Index in ``pieces`` -> live segment ids it covers (each live id given out once)."""
+    claimed: dict[int, list[tuple[float, str]]] = {}
+    for final in finals:
+        if final.type != "final" or not final.text.strip():
+            continue
+        best, best_overlap = -1, 0.0
+        for index, (participant, segment) in enumerate(pieces):
+            if participant.participant != final.participant:
+                continue
+            overlap = _overlap(segment.start, segment.end, final.start, final.end)
+            if overlap > best_overlap:
+                best, best_overlap = index, overlap
+        if best >= 0:
+            claimed.setdefault(best, []).append((final.start, final.segment_id))
+    return {index: [sid for _, sid in sorted(ids)] for index, ids in claimed.items()}
+
+
+async def run_postcall(ctx: JobContext) -> Transcript:
+    call = load_call(ctx.settings, ctx.record.source.call_id or "")
+    model = ctx.record.options.model or ctx.settings.postcall.model
+    pieces: list[_Piece] = []
+    duration = 0.0
+    language: str | None = None
+    count = max(len(call.participants), 1)
+    for number, participant in enumerate(call.participants):
+        path = call.audio_path(participant)
+        if not path.is_file():
+            continue
+        try:
+            samples = await decode(path.read_bytes(), path.name)
+        except JobFailure as exc:
+            if exc.code == "EMPTY_AUDIO":
+                continue  # joined and left without a sample
+            raise
+        ctx.progress(number / count, f"transcribing {participant.name or participant.participant}")
+        result = await recognize(
+            ctx,
+            samples,
+            model,
+            offset=participant.offset,
+            share=(number / count, (number + 1) / count),
+            language=participant.language or ctx.record.options.language,
+        )
+        language = language or result.language
+        duration = max(duration, participant.offset + result.duration)
+        for seg in result.segments:
+            pieces.append(
+                (
+                    participant,
+                    Segment(
+                        id="",
+                        speaker=participant.participant,
+                        start=seg.start,
+                        end=seg.end,
+                        text=seg.text,
+                        words=to_words(seg),
+                    ),
+                )
+            )
+    pieces.sort(key=lambda piece: (piece[1].start, piece[1].speaker))
+    live = attach_live_ids(pieces, call.live_finals())
+    segments = []
+    for index, (_, segment) in enumerate(pieces):
+        ids = live.get(index, [])
+        segments.append(
+            segment.model_copy(
+                update={
+                    "id": ids[0] if ids else f"{call.call_id}-r{index:04d}",
+                    "live_segment_ids": ids,
+                }
+            )
+        )
+    names: dict[str, str | None] = {}
+    for participant in call.participants:
+        names[participant.participant] = participant.name or names.get(participant.participant)
+    return Transcript(
+        id=ctx.record.id,
+        language=language,
+        model=model,
+        duration=round(duration, 3),
+        speakers=[Speaker(id=pid, name=name) for pid, name in names.items()],
+        segments=segments,
+    )
+
+
+async def submit_postcall(
+    store: JobStore,
+    settings: Settings,
+    call_id: str,
+    options: JobOptions | None = None,
+    webhook_url: str | None = None,
+) -> JobRecord:
+    now = time.time()
+    chosen = options or JobOptions(
+        summarize=settings.postcall.summarize, redact_pii=settings.postcall.redact_pii
+    )
+    record = JobRecord(
+        id=new_job_id(now),
+        kind=JobKind.POSTCALL,
+        created_at=now,
+        updated_at=now,
+        source=JobSource(type="call", call_id=call_id),
+        options=chosen,
+        webhook_url=webhook_url or settings.postcall.webhook_url,
+    )
+    return await store.submit(record)
+
+
+def call_ended_hook(
+    store: JobStore, notifier: Notifier, settings: Settings
+) -> Callable[[CallRecord], Awaitable[None]]:
+    """For ``LiveRuntime.call_ended_hooks``: queue the re-pass and send ``call.ended``."""
+
+    async def on_call_ended(call: CallRecord) -> None:
+        record = await submit_postcall(store, settings, call.call_id)
+        await notifier.notify(
+            record.id,
+            EventType.CALL_ENDED,
+            {
+                "call_id": call.call_id,
+                "room": call.room,
+                "started_at": call.started_at,
+                "ended_at": call.ended_at,
+                "end_reason": call.end_reason,
+                "participants": [
+                    {"participant": p.participant, "name": p.name, "offset": p.offset}
+                    for p in call.participants
+                ],
+                "job_id": record.id,
+            },
+            record.webhook_url,
+        )
+
+    return on_call_ended

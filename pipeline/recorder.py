@@ -1,0 +1,176 @@
+"""Durable per-speaker recording of a call, read back by the post-call job.
+
+Layout under ``<data_dir>/calls/<call_id>/``:
+
+* ``call.json``: call id, room, start/end time, end reason and participants (id, name,
+  language, file, offset = seconds since call start of the participant's first sample);
+  rewritten atomically whenever it changes.
+* ``<encoded participant>[-<n>].wav``: 16 kHz mono s16 WAV; the header is patched at every
+  flush so the file is valid even if the process dies mid-call.
+* ``finals.jsonl``: every live final caption frame, one JSON object a line.
+"""
+
+import json
+import os
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from protocol import CaptionFrame, encode_token
+
+SAMPLE_RATE = 16_000
+_HEADER = 44
+
+
+def _wav_header(data_bytes: int) -> bytes:
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+
+
+class TrackRecorder:
+    """Appends int16 samples to a WAV file, flushing (and fsyncing) every ``flush_s`` of audio."""
+
+    def __init__(self, path: Path, flush_s: float = 1.0) -> None:
+        self.path = path
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - held for the call's lifetime
+        self._file.write(_wav_header(0))
+        self._bytes = 0
+        self._unflushed = 0
+        self._flush_every = int(flush_s * SAMPLE_RATE) * 2
+
+    @property
+    def seconds(self) -> float:
+        return self._bytes / 2 / SAMPLE_RATE
+
+    def write(self, samples: np.ndarray) -> None:
+        data = samples.astype("<i2", copy=False).tobytes()
+        self._file.write(data)
+        self._bytes += len(data)
+        self._unflushed += len(data)
+        if self._unflushed >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._file.closed:
+            return
+        self._file.seek(0)
+        self._file.write(_wav_header(self._bytes))
+        self._file.seek(0, os.SEEK_END)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._unflushed = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+@dataclass
+class ParticipantRecord:
+    participant: str
+    name: str | None
+    language: str | None
+    file: str
+    offset: float
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    room: str
+    directory: Path
+    started_at: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+    participants: list[ParticipantRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["directory"] = str(self.directory)
+        return data
+
+    def save(self) -> None:
+        target = self.directory / "call.json"
+        temp = target.with_suffix(".tmp")
+        temp.write_text(json.dumps(self.to_json(), indent=2))
+        os.replace(temp, target)
+
+    @classmethod
+    def load(cls, directory: Path) -> "CallRecord":
+        data = json.loads((directory / "call.json").read_text())
+        data["directory"] = directory
+        data["participants"] = [ParticipantRecord(**p) for p in data["participants"]]
+        return cls(**data)
+
+    def audio_path(self, record: ParticipantRecord) -> Path:
+        return self.directory / record.file
+
+    def live_finals(self) -> list[CaptionFrame]:
+        path = self.directory / "finals.jsonl"
+        if not path.exists():
+            return []
+        frames = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    frames.append(CaptionFrame.model_validate_json(line))
+                except ValueError:
+                    continue  # a line torn by a crash mid-write
+        return frames
+
+
+class CallRecorder:
+    """Owns one call's directory: call.json, per-participant WAVs and finals.jsonl."""
+
+    def __init__(self, calls_dir: Path, call_id: str, room: str) -> None:
+        directory = calls_dir / call_id
+        directory.mkdir(parents=True, exist_ok=True)
+        self.record = CallRecord(call_id, room, directory, time.time())
+        self.record.save()
+        self._finals = open(directory / "finals.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def track(
+        self, participant: str, name: str | None, language: str | None, offset: float
+    ) -> TrackRecorder:
+        base = encode_token(participant, "participant")
+        taken = {p.file for p in self.record.participants}
+        file = f"{base}.wav"
+        count = 1
+        while file in taken:
+            count += 1
+            file = f"{base}-{count}.wav"
+        self.record.participants.append(
+            ParticipantRecord(participant, name, language, file, round(offset, 3))
+        )
+        self.record.save()
+        return TrackRecorder(self.record.directory / file)
+
+    def rename(self, participant: str, name: str) -> None:
+        for record in self.record.participants:
+            if record.participant == participant:
+                record.name = name
+        self.record.save()
+
+    def final(self, frame: CaptionFrame) -> None:
+        self._finals.write(frame.model_dump_json() + "\n")
+        self._finals.flush()
+
+    def close(self, reason: str) -> CallRecord:
+        self.record.ended_at = time.time()
+        self.record.end_reason = reason
+        self.record.save()
+        if not self._finals.closed:
+            self._finals.close()
+        return self.record

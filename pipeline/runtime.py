@@ -1,0 +1,42 @@
+"""What every call in the process shares: settings, the live engine, the decode scheduler,
+the frame sink and the hooks run when a call ends."""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from config import Settings
+from engines.base import Engine
+from engines.factory import decode_threads, load_engine
+from engines.scheduler import DecodeScheduler
+from pipeline.recorder import CallRecord
+from pipeline.sink import FrameSink
+from protocol import Subjects
+
+CallEndedHook = Callable[[CallRecord], Awaitable[None]]
+
+
+class LiveRuntime:
+    def __init__(
+        self, settings: Settings, engine: Engine, scheduler: DecodeScheduler, sink: FrameSink
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.scheduler = scheduler
+        self.sink = sink
+        self.subjects = Subjects(settings.nats.subject_prefix)
+        self.call_ended_hooks: list[CallEndedHook] = []
+
+    @classmethod
+    async def create(
+        cls, settings: Settings, sink: FrameSink, engine: Engine | None = None
+    ) -> "LiveRuntime":
+        scheduler = DecodeScheduler(decode_threads(settings))
+        await scheduler.start()
+        return cls(settings, engine or load_engine(settings.live.model, settings), scheduler, sink)
+
+    @property
+    def calls_dir(self) -> Path:
+        return self.settings.data_dir / "calls"
+
+    async def aclose(self) -> None:
+        await self.scheduler.stop()

@@ -1,0 +1,304 @@
+"""Job events: published on NATS and delivered, signed and retried, to webhook URLs.
+
+An event is sent at most once per (job id, event type): the first :meth:`Notifier.notify`
+creates the delivery record in KV bucket ``<base>_webhooks`` (key ``<job id>.<event type>``)
+and any later call for the same pair is a no-op. Deliveries are queued on the work-queue
+stream ``<BASE>_WEBHOOKS`` (subject ``<prefix>.v1.webhooks.deliver``) and retried with
+exponential backoff and full jitter until ``webhook_max_attempts``; the KV record is the
+delivery log. On start the dispatcher re-queues every record still pending, so a delivery
+survives a restart at any point.
+
+NATS subject of the events: ``<prefix>.v1.jobevents.<job id>`` (body = the webhook body).
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+import httpx
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from pydantic import BaseModel, Field
+
+from config.settings import PostCallSettings
+from pipeline.jobs import bucket_base, open_kv
+from pipeline.tasks import spawn
+
+log = logging.getLogger("roomscribe.webhooks")
+
+SIGNATURE_HEADER = "X-Roomscribe-Signature"
+
+
+class EventType(StrEnum):
+    TRANSCRIPT_DONE = "transcript.done"
+    TRANSCRIPT_FAILED = "transcript.failed"
+    TRANSCRIPT_REVISED = "transcript.revised"
+    CALL_ENDED = "call.ended"
+
+
+class WebhookEvent(BaseModel):
+    id: str
+    type: EventType
+    created_at: float
+    data: dict[str, Any]
+
+
+class DeliveryAttempt(BaseModel):
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+
+
+class Delivery(BaseModel):
+    key: str
+    job_id: str
+    event: WebhookEvent
+    url: str | None
+    status: Literal["pending", "delivered", "failed", "no_url"]
+    attempts: list[DeliveryAttempt] = Field(default_factory=list)
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The signature header value: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(
+    secret: str, body: bytes, header: str, tolerance_s: float = 300.0, now: float | None = None
+) -> bool:
+    """True when ``header`` signs ``body`` with ``secret`` and its time is within tolerance."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, body, timestamp), header)
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+    return random.uniform(0.0, min(cap_s, base_s * 2**attempt))
+
+
+def event_id(job_id: str, event: EventType) -> str:
+    return "evt_" + hashlib.sha256(f"{job_id}/{event.value}".encode()).hexdigest()[:24]
+
+
+def delivery_key(job_id: str, event: EventType) -> str:
+    return f"{job_id}.{event.value}"
+
+
+class Notifier:
+    """Creates events (deduplicated), publishes them on NATS and queues their webhooks."""
+
+    def __init__(self, nc: NatsClient, prefix: str, kv: Any) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.prefix = prefix
+        self.stream = f"{bucket_base(prefix).upper()}_WEBHOOKS"
+        self.deliver_subject = f"{prefix}.v1.webhooks.deliver"
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, nc: NatsClient, prefix: str = "roomscribe") -> "Notifier":
+        js = nc.jetstream()
+        notifier = cls(nc, prefix, await open_kv(js, f"{bucket_base(prefix)}_webhooks"))
+        try:
+            await js.stream_info(notifier.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                StreamConfig(
+                    name=notifier.stream,
+                    subjects=[f"{prefix}.v1.webhooks.>"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                )
+            )
+        return notifier
+
+    def events_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.v1.jobevents.{job_id}"
+
+    async def notify(
+        self, job_id: str, event: EventType, data: dict[str, Any], url: str | None
+    ) -> bool:
+        """Publish the event and queue its webhook; False when it was already sent."""
+        body = WebhookEvent(
+            id=event_id(job_id, event), type=event, created_at=time.time(), data=data
+        )
+        key = delivery_key(job_id, event)
+        delivery = Delivery(
+            key=key, job_id=job_id, event=body, url=url, status="pending" if url else "no_url"
+        )
+        try:
+            await self.kv.create(key, delivery.model_dump_json().encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        await self.nc.publish(self.events_subject(job_id), body.model_dump_json().encode())
+        if url:
+            await self.queue(key)
+        return True
+
+    async def queue(self, key: str) -> None:
+        await self.js.publish(self.deliver_subject, key.encode(), stream=self.stream)
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        try:
+            keys = await self.kv.keys(filters=[f"{job_id}."])
+        except nats.js.errors.NoKeysError:
+            return []
+        found = []
+        for key in sorted(keys):
+            if not key.startswith(f"{job_id}."):
+                continue
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await self.kv.get(key)
+                if entry.value:
+                    found.append(Delivery.model_validate_json(entry.value))
+        return found
+
+    async def forget(self, job_id: str) -> None:
+        for delivery in await self.deliveries(job_id):
+            await self.kv.purge(delivery.key)
+
+
+class WebhookDispatcher:
+    """Consumes queued deliveries and POSTs them; any number may run against one stream."""
+
+    durable = "webhook-senders"
+
+    def __init__(self, notifier: Notifier, settings: PostCallSettings) -> None:
+        self.notifier = notifier
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=self.settings.webhook_timeout_s, follow_redirects=False
+        )
+        await self._requeue_pending()
+        js = self.notifier.js
+        self._sub = await js.pull_subscribe(
+            self.notifier.deliver_subject,
+            durable=self.durable,
+            stream=self.notifier.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.settings.webhook_timeout_s + 30.0,
+                max_deliver=-1,
+            ),
+        )
+        self._task = spawn(self._run(), name="webhook-dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _requeue_pending(self) -> None:
+        try:
+            keys = await self.notifier.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return
+        for key in keys:
+            entry = await self.notifier.kv.get(key)
+            if entry.value and Delivery.model_validate_json(entry.value).status == "pending":
+                await self.notifier.queue(key)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                msgs = await self._sub.fetch(1, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # nats-py's fetch can turn a cancellation into a timeout: hence the flag
+            except nats.errors.ConnectionClosedError:
+                return
+            for msg in msgs:
+                try:
+                    await self._handle(msg)
+                except (nats.errors.Error, OSError):
+                    log.warning(
+                        "webhook delivery %s interrupted; it will be retried",
+                        msg.data,
+                        exc_info=True,
+                    )
+
+    async def _handle(self, msg: Msg) -> None:
+        key = msg.data.decode()
+        kv = self.notifier.kv
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            await msg.ack()
+            return
+        delivery = Delivery.model_validate_json(entry.value)
+        if delivery.status != "pending" or not delivery.url:
+            await msg.ack()
+            return
+        attempt = await self._post(delivery)
+        delivery.attempts.append(attempt)
+        ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
+        if ok:
+            delivery.status = "delivered"
+        elif len(delivery.attempts) >= self.settings.webhook_max_attempts:
+            delivery.status = "failed"
+            log.warning(
+                "webhook %s to %s failed after %d attempts",
+                key,
+                delivery.url,
+                len(delivery.attempts),
+            )
+        await kv.put(key, delivery.model_dump_json().encode())
+        if delivery.status == "pending":
+            await msg.nak(
+                delay=backoff_delay(
+                    len(delivery.attempts),
+                    self.settings.webhook_backoff_s,
+                    self.settings.webhook_backoff_max_s,
+                )
+            )
+        else:
+            await msg.ack()
+
+    async def _post(self, delivery: Delivery) -> DeliveryAttempt:
+        assert self._client is not None and delivery.url is not None
+        body = delivery.event.model_dump_json().encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "roomscribe-webhooks/1"}
+        if self.settings.webhook_secret:
+            headers[SIGNATURE_HEADER] = sign(self.settings.webhook_secret, body, int(time.time()))
+        now = time.time()
+        try:
+            response = await self._client.post(delivery.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return DeliveryAttempt(at=now, error=f"{type(exc).__name__}: {exc}")
+        return DeliveryAttempt(at=now, status_code=response.status_code)
+
+
+def event_data(record: Any, **extra: Any) -> dict[str, Any]:
+    """The ``data`` of a job event: the public job record plus ``extra``."""
+    data = json.loads(
+        record.model_dump_json(include={"id", "kind", "status", "error", "source", "results"})
+    )
+    data.update(extra)
+    return data

@@ -1,0 +1,301 @@
+"""The job worker: consumes the JetStream work queue, runs jobs, stores results, notifies.
+
+Delivery is at least once; a job completes once. A worker that dies mid-job leaves its
+message unacknowledged, JetStream redelivers it after ``job_ack_wait_s`` and the next worker
+starts the job again (``processing`` -> ``processing``, ``attempts`` + 1). While a job runs
+the worker sends in-progress acks, so a long job is never redelivered early. Results are
+object-store names keyed by job id (a rerun overwrites them) and events are deduplicated by
+(job id, event), so a redelivered job that had already finished only re-acknowledges.
+
+Run ``python -m pipeline.worker`` (settings from the environment, ``NATS_URL`` required).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import nats
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from config.settings import Settings, load_settings
+from engines.whisper_batch import WhisperModels
+from pipeline.batch import run_batch
+from pipeline.jobs import (
+    JobContext,
+    JobFailure,
+    JobHandler,
+    JobKind,
+    JobNotFoundError,
+    JobRecord,
+    JobState,
+    JobStore,
+)
+from pipeline.postcall import run_postcall
+from pipeline.results import finish, store_results
+from pipeline.retranscribe import run_retranscribe
+from pipeline.tasks import spawn
+from pipeline.webhooks import EventType, Notifier, WebhookDispatcher, event_data
+
+if TYPE_CHECKING:
+    from engines.diarization import Diarizer
+
+log = logging.getLogger("roomscribe.worker")
+
+HANDLERS: dict[JobKind, JobHandler] = {
+    JobKind.BATCH: run_batch,
+    JobKind.POSTCALL: run_postcall,
+    JobKind.RETRANSCRIBE: run_retranscribe,
+}
+
+
+class _Progress:
+    """Latest progress reported by a handler thread; the heartbeat writes it out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = (0, "starting")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self.value = (int(min(max(fraction, 0.0), 1.0) * 99), message)
+
+    def get(self) -> tuple[int, str]:
+        with self._lock:
+            return self.value
+
+
+class Worker:
+    durable = "workers"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        notifier: Notifier,
+        models: WhisperModels | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.notifier = notifier
+        self.models = models or WhisperModels(settings.data_dir)
+        self._diarizer: Diarizer | None = None
+        self._diarizer_lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.jobs_done = 0
+
+    def diarizer(self) -> "Diarizer":
+        from engines.diarization import Diarizer, default_model_dir
+
+        with self._diarizer_lock:
+            if self._diarizer is None:
+                self._diarizer = Diarizer(default_model_dir(self.settings.data_dir))
+            return self._diarizer
+
+    async def start(self) -> None:
+        self._sub = await self.store.js.pull_subscribe(
+            self.store.work_subjects,
+            durable=self.durable,
+            stream=self.store.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.settings.postcall.job_ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=1000,
+            ),
+        )
+        self._task = spawn(self._run(), name="job-worker")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                msgs = await self._sub.fetch(1, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # nats-py's fetch can turn a cancellation into a timeout: hence the flag
+            except nats.errors.ConnectionClosedError:
+                return
+            for msg in msgs:
+                try:
+                    await self.handle(msg)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.nak()
+                    raise
+                except nats.errors.Error:
+                    log.warning(
+                        "job message %s not finished; it will be redelivered",
+                        msg.data,
+                        exc_info=True,
+                    )
+
+    async def handle(self, msg: Msg) -> None:
+        job_id = str(json.loads(msg.data)["id"])
+        try:
+            record = await self.store.get(job_id)
+        except JobNotFoundError:
+            await msg.ack()
+            return
+        if record.status.terminal:
+            await self._announce(record)
+            await msg.ack()
+            return
+        if msg.metadata.num_delivered > self.settings.postcall.job_max_attempts:
+            failed = await self.store.transition(
+                job_id,
+                JobState.FAILED,
+                message="failed",
+                error={
+                    "code": "INTERNAL",
+                    "message": f"interrupted {msg.metadata.num_delivered - 1} times; giving up",
+                },
+            )
+            await self._announce(failed)
+            await msg.ack()
+            return
+        try:
+            record = await self.store.transition(
+                job_id,
+                JobState.PROCESSING,
+                progress=0,
+                message="starting",
+                attempts=record.attempts + 1,
+            )
+            final = await self._execute(record, msg)
+        except JobNotFoundError:
+            await msg.ack()  # deleted while it ran
+            return
+        await self._announce(final)
+        await msg.ack()
+        self.jobs_done += 1
+
+    async def _execute(self, record: JobRecord, msg: Msg) -> JobRecord:
+        progress = _Progress()
+        beat = spawn(self._heartbeat(record.id, msg, progress), name=f"job-heartbeat-{record.id}")
+        ctx = JobContext(record, self.settings, self.store, self.models, progress, self.diarizer)
+        try:
+            transcript = await HANDLERS[record.kind](ctx)
+            progress(0.96, "finishing")
+            transcript = await finish(transcript, record, self.settings)
+            names = await store_results(self.store, record.id, transcript)
+            if record.kind == JobKind.RETRANSCRIBE and record.source.parent_id:
+                await store_results(self.store, record.source.parent_id, transcript)
+        except JobFailure as failure:
+            return await self._fail(record.id, failure.code, failure.message)
+        except (JobNotFoundError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug or an engine crash must fail the job, not the worker
+            log.exception("job %s crashed", record.id)
+            return await self._fail(record.id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        return await self.store.transition(
+            record.id, JobState.COMPLETED, progress=100, message="completed", results=names
+        )
+
+    async def _fail(self, job_id: str, code: str, message: str) -> JobRecord:
+        return await self.store.transition(
+            job_id, JobState.FAILED, message="failed", error={"code": code, "message": message}
+        )
+
+    async def _heartbeat(self, job_id: str, msg: Msg, progress: _Progress) -> None:
+        interval = min(self.settings.postcall.job_ack_wait_s / 4, 1.0)
+        written = (0, "starting")
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+            current = progress.get()
+            if current != written:
+                written = current
+                with contextlib.suppress(JobNotFoundError, nats.errors.Error):
+                    await self.store.modify(
+                        job_id,
+                        lambda r, c=current: (
+                            r.model_copy(update={"progress": c[0], "message": c[1]})
+                            if r.status == JobState.PROCESSING
+                            else r
+                        ),
+                    )
+
+    async def _announce(self, record: JobRecord) -> None:
+        """Send the job's final event; a no-op when it went out before (redelivery)."""
+        url = record.webhook_url
+        if record.status == JobState.FAILED:
+            await self.notifier.notify(
+                record.id, EventType.TRANSCRIPT_FAILED, event_data(record), url
+            )
+        elif record.kind == JobKind.BATCH:
+            await self.notifier.notify(
+                record.id, EventType.TRANSCRIPT_DONE, event_data(record), url
+            )
+        else:
+            transcript_id = record.source.parent_id or record.id
+            extra = {
+                "transcript_id": transcript_id,
+                "segment_id": record.source.segment_id,
+                "call_id": record.source.call_id,
+            }
+            await self.notifier.notify(
+                record.id, EventType.TRANSCRIPT_REVISED, event_data(record, **extra), url
+            )
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Connect, consume jobs and deliver webhooks until ``stop`` is set."""
+    if not settings.nats.url:
+        raise SystemExit(
+            "the worker needs NATS_URL (or nats.url) pointing at the server with JetStream"
+        )
+    nc = await nats.connect(settings.nats.url, max_reconnect_attempts=-1)
+    try:
+        store = await JobStore.open(nc, settings.nats.subject_prefix)
+        notifier = await Notifier.open(nc, settings.nats.subject_prefix)
+        worker = Worker(settings, store, notifier)
+        dispatcher = WebhookDispatcher(notifier, settings.postcall)
+        await worker.start()
+        await dispatcher.start()
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        await worker.stop()
+        await dispatcher.stop()
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(load_settings(), stop, on_ready=lambda: print("worker ready", flush=True))
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from roomscribe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The `roomscribe` command."""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from config import Settings, load_settings
+
+log = logging.getLogger("roomscribe")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as `error [CODE]: message`, exit status 2."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "nats", None):
+        overrides["nats"] = {"url": args.nats}
+    return load_settings(Path(args.config) if args.config else None, **overrides)
+
+
+def _cmd_schema(args: argparse.Namespace) -> None:
+    from protocol import frame_schemas
+
+    print(json.dumps(frame_schemas(), indent=2))
+
+
+def _cmd_live(args: argparse.Namespace) -> None:
+    from roomscribe.live_files import run_live_files
+
+    names = args.names.split(",") if args.names else []
+    settings = _settings(args)
+    asyncio.run(
+        run_live_files(
+            settings,
+            [Path(f) for f in args.files],
+            names,
+            args.room,
+            args.speed,
+            publish=bool(args.nats),
+        )
+    )
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> None:
+    from roomscribe.transcribe_file import transcribe_file
+
+    settings = _settings(args)
+    print(
+        transcribe_file(
+            settings, Path(args.file), args.model or settings.live.model, args.format, args.language
+        )
+    )
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from engines import models
+
+    settings = _settings(args)
+    if args.models_command == "list":
+        rows = models.list_models(settings.data_dir)
+        print(f"{'NAME':48} {'KIND':22} {'SIZE':>9}  PRESENT")
+        for row in rows:
+            size = f"{row.size_bytes / 1e6:.1f} MB" if row.size_bytes else "-"
+            print(f"{row.name:48} {row.kind:22} {size:>9}  {'yes' if row.present else 'no'}")
+    elif args.models_command == "pull":
+        pulled = models.pull(args.name, settings.data_dir, base_url=args.base_url)
+        print(f"{pulled.name}: {pulled.kind} at {pulled.path} ({pulled.size_bytes / 1e6:.1f} MB)")
+    elif args.models_command == "prepare":
+        from engines.diarization_export import prepare_diarization
+
+        path = prepare_diarization(settings.data_dir / "models" / "diarization")
+        print(f"diarization models ready in {path}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from roomscribe.service import serve
+
+    asyncio.run(serve(_settings(args)))
+
+
+def _cmd_worker(args: argparse.Namespace) -> None:
+    from roomscribe.service import run_worker
+
+    asyncio.run(run_worker(_settings(args)))
+
+
+def _cmd_join(args: argparse.Namespace) -> None:
+    from roomscribe.service import join_janus
+
+    asyncio.run(join_janus(_settings(args), args.url, args.room))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    if args.bench_command == "live":
+        from bench.live import main as bench_live
+
+        bench_live(args.participants, args.talkers, args.seconds, args.out)
+    else:
+        from bench.batch import main as bench_batch
+
+        bench_batch(args.minutes, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="TOML settings file (default: $ROOMSCRIBE_CONFIG, then built-in defaults)"
+    )
+    common.add_argument(
+        "--data-dir", help="where recordings, models, jobs and the embedded NATS store live"
+    )
+    common.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="roomscribe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    real_add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return real_add(name, parents=[common], **kwargs)  # type: ignore[arg-type]
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    live = sub.add_parser(
+        "live", help="run the live pipeline over audio files, one participant per file"
+    )
+    live.add_argument("files", nargs="+")
+    live.add_argument("--names", help="display names, comma separated, in file order")
+    live.add_argument("--room", default="room")
+    live.add_argument("--speed", choices=["1", "max"], default="max")
+    live.add_argument("--nats", help="also publish frames to this NATS server")
+    live.set_defaults(func=_cmd_live)
+
+    transcribe = sub.add_parser("transcribe", help="transcribe one file in a batch pass")
+    transcribe.add_argument("file")
+    transcribe.add_argument("--model")
+    transcribe.add_argument("--language")
+    transcribe.add_argument("--format", choices=["json", "srt", "vtt", "txt"], default="txt")
+    transcribe.set_defaults(func=_cmd_transcribe)
+
+    models = sub.add_parser("models", help="list, download or prepare models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", parents=[common])
+    pull = models_sub.add_parser("pull", parents=[common])
+    pull.add_argument("name")
+    pull.add_argument("--base-url", help="mirror of the release downloads")
+    prepare = models_sub.add_parser("prepare", parents=[common])
+    prepare.add_argument("what", choices=["diarization"])
+    models.set_defaults(func=_cmd_models)
+
+    sub.add_parser("schema", help="print the JSON Schema of every frame").set_defaults(
+        func=_cmd_schema
+    )
+
+    serve = sub.add_parser(
+        "serve", help="run the service (HTTP API, WebRTC bridge, live captions, worker)"
+    )
+    serve.add_argument(
+        "--nats", help="NATS server URL (default: $NATS_URL, else an embedded server)"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a post-call / batch job worker")
+    worker.add_argument("--nats")
+    worker.set_defaults(func=_cmd_worker)
+
+    join = sub.add_parser("join", help="join an SFU room as the caption bot")
+    join_sub = join.add_subparsers(dest="sfu", required=True)
+    janus = join_sub.add_parser("janus", parents=[common])
+    janus.add_argument("--url", required=True, help="Janus HTTP API, e.g. http://HOST:8088/janus")
+    janus.add_argument("--room", required=True, type=int)
+    janus.add_argument("--nats")
+    join.set_defaults(func=_cmd_join)
+
+    bench = sub.add_parser("bench", help="benchmarks (numbers go to BENCHMARKS.md)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bench_live = bench_sub.add_parser("live", parents=[common])
+    bench_live.add_argument("--participants", type=int, nargs="+", default=[5, 10, 20, 40])
+    bench_live.add_argument("--talkers", type=int, default=3)
+    bench_live.add_argument("--seconds", type=float, default=60.0)
+    bench_live.add_argument("--out", help="write the results as JSON here")
+    bench_batch = bench_sub.add_parser("batch", parents=[common])
+    bench_batch.add_argument("--minutes", type=float, default=10.0)
+    bench_batch.add_argument("--out")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from engines.base import EngineError
+    from pipeline.audio_io import AudioDecodeError
+
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except AudioDecodeError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The `serve` process: NATS (embedded or given), live runtime, WebRTC bridge, HTTP API, worker."""
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import nats
+import uvicorn
+from fastapi import FastAPI
+
+from config import Settings
+from pipeline.nats_server import EmbeddedNats, ensure_nats
+from pipeline.publisher import NatsPublisher
+from pipeline.runtime import LiveRuntime
+
+log = logging.getLogger("roomscribe.service")
+
+
+@dataclass
+class Running:
+    settings: Settings
+    app: FastAPI
+    runtime: LiveRuntime
+    embedded: EmbeddedNats | None
+
+
+@asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[Running]:
+    """Everything `serve` runs, started in order and stopped in reverse."""
+    from api.app import create_app
+    from api.services import Services
+    from sfu_bridge.bridge import Bridge
+    from sfu_bridge.nats_service import BridgeNatsService
+    from sfu_bridge.router import bridge_router
+
+    async with AsyncExitStack() as stack:
+        url, embedded = await ensure_nats(settings)
+        if embedded is not None:
+            stack.push_async_callback(embedded.stop)
+        settings = settings.model_copy(
+            update={"nats": settings.nats.model_copy(update={"url": url})}
+        )
+        publisher = NatsPublisher.from_settings(url, settings.nats)
+        await publisher.start()
+        stack.push_async_callback(publisher.close)
+        runtime = await LiveRuntime.create(settings, publisher)
+        stack.push_async_callback(runtime.aclose)
+        nc = await nats.connect(url, max_reconnect_attempts=-1, name="roomscribe-service")
+        stack.push_async_callback(nc.drain)
+        bridge = Bridge(runtime)
+        stack.push_async_callback(bridge.aclose)
+        invites = BridgeNatsService(bridge, nc)
+        await invites.start()
+        services = await Services.open(
+            settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
+        )
+        yield Running(settings, create_app(services), runtime, embedded)
+
+
+async def serve(settings: Settings) -> None:
+    async with running_service(settings) as service:
+        api = settings.api
+        server = uvicorn.Server(
+            uvicorn.Config(service.app, host=api.host, port=api.port, log_level="info")
+        )
+        nats_line = service.settings.nats.url
+        if service.embedded is not None:
+            nats_line += f" (embedded; WebSocket {service.embedded.websocket_url})"
+        print(
+            f"roomscribe: http://{api.host}:{api.port}  NATS {nats_line}  data {settings.data_dir}",
+            flush=True,
+        )
+        await server.serve()
+
+
+async def run_worker(settings: Settings) -> None:
+    from pipeline.worker import run_worker as worker_loop
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await worker_loop(settings, stop, on_ready=lambda: print("worker ready", flush=True))
+
+
+async def join_janus(settings: Settings, url: str, room: int) -> None:
+    from sfu_bridge import janus
+
+    url_nats, embedded = await ensure_nats(settings)
+    publisher = NatsPublisher.from_settings(url_nats, settings.nats)
+    await publisher.start()
+    runtime = await LiveRuntime.create(settings, publisher)
+    try:
+        session = await janus.join_janus(url, room, runtime)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"joined Janus room {room}; publishing captions on {url_nats}", flush=True)
+        await stop.wait()
+        await session.leave()
+    finally:
+        await runtime.aclose()
+        await publisher.close()
+        if embedded is not None:
+            await embedded.stop()

@@ -1,0 +1,66 @@
+"""HTTP helpers shared by the bridge's routers: error bodies, bearer check, body parsing."""
+
+import secrets
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from config.settings import BridgeSettings
+from protocol import ErrorCode
+from sfu_bridge.errors import BridgeError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def error_response(error: BridgeError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
+
+
+def check_bearer(settings: BridgeSettings, request: Request) -> None:
+    """401 unless ``settings.bearer_tokens`` is empty or the request carries one of them."""
+    if not settings.bearer_tokens:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise BridgeError(401, ErrorCode.UNAUTHORIZED, "missing bearer token")
+    if not any(secrets.compare_digest(token.strip(), known) for known in settings.bearer_tokens):
+        raise BridgeError(401, ErrorCode.UNAUTHORIZED, "unknown bearer token")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_text(request: Request, expected_type: str) -> str:
+    if media_type(request) != expected_type:
+        raise BridgeError(
+            415,
+            ErrorCode.UNSUPPORTED_FORMAT,
+            f"Content-Type must be {expected_type}, got {media_type(request) or 'none'}",
+        )
+    try:
+        return (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BridgeError(400, ErrorCode.INVALID_REQUEST, "body is not UTF-8 text") from exc
+
+
+def parse_json(model: type[M], data: bytes | str) -> M:
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise BridgeError(400, ErrorCode.INVALID_REQUEST, problems) from exc
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    if media_type(request) not in ("application/json", ""):
+        raise BridgeError(
+            415, ErrorCode.UNSUPPORTED_FORMAT, "Content-Type must be application/json"
+        )
+    return parse_json(model, await request.body())

@@ -1,0 +1,114 @@
+"""The room-session requests over NATS request/reply, with the same JSON bodies as HTTP.
+
+Invites arrive on ``<prefix>.v1.invite`` in the queue group ``roomscribe-bridge``, so several
+bot processes share them; the process that took an invite answers that session's own subjects.
+"""
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel
+
+from protocol import ErrorCode
+from sfu_bridge import room_session as rooms
+from sfu_bridge.bridge import Bridge
+from sfu_bridge.errors import BridgeError
+from sfu_bridge.http import parse_json
+from sfu_bridge.peer import PeerSession
+
+log = logging.getLogger(__name__)
+
+QUEUE_GROUP = "roomscribe-bridge"
+
+
+def reply_body(result: BaseModel | None = None, error: BridgeError | None = None) -> bytes:
+    body: dict[str, Any]
+    if error is not None:
+        body = {"ok": False, "error": error.to_json()}
+    else:
+        body = {"ok": True, **(result.model_dump() if result is not None else {})}
+    return json.dumps(body).encode()
+
+
+class BridgeNatsService:
+    def __init__(self, bridge: Bridge, nc: Client) -> None:
+        self.bridge = bridge
+        self.nc = nc
+        self.subjects = bridge.runtime.subjects
+        self._invites: Subscription | None = None
+        self._sessions: dict[str, list[Subscription]] = {}
+        bridge.peer_closed_hooks.append(self._peer_closed)
+
+    async def start(self) -> None:
+        self._invites = await self.nc.subscribe(
+            self.subjects.invite, queue=QUEUE_GROUP, cb=self._on_invite
+        )
+
+    async def _respond(self, msg: Msg, action: Callable[[], Awaitable[BaseModel | None]]) -> None:
+        result: BaseModel | None = None
+        error: BridgeError | None = None
+        try:
+            result = await action()
+        except BridgeError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("NATS request on %s failed", msg.subject)
+            error = BridgeError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if msg.reply:
+            await msg.respond(reply_body(result, error))
+
+    async def _on_invite(self, msg: Msg) -> None:
+        async def create() -> rooms.SessionAnswer:
+            answer = await rooms.create_session(
+                self.bridge, parse_json(rooms.CreateSession, msg.data)
+            )
+            await self._follow(answer.session_id)
+            return answer
+
+        await self._respond(msg, create)
+
+    async def _follow(self, session_id: str) -> None:
+        def handler(verb: str) -> Callable[[Msg], Awaitable[None]]:
+            async def on_message(msg: Msg) -> None:
+                # unsubscribing cancels the running callback: answer a delete first
+                leaving = self._sessions.pop(session_id, []) if verb == "delete" else []
+                await self._respond(msg, lambda: self._session_request(session_id, verb, msg.data))
+                for sub in leaving:
+                    await sub.unsubscribe()
+
+            return on_message
+
+        self._sessions[session_id] = [
+            await self.nc.subscribe(self.subjects.session(session_id, verb), cb=handler(verb))
+            for verb in ("offer", "tracks", "delete")
+        ]
+
+    async def _session_request(self, session_id: str, verb: str, data: bytes) -> BaseModel | None:
+        if verb == "offer":
+            return await rooms.reoffer(self.bridge, session_id, parse_json(rooms.Reoffer, data))
+        if verb == "tracks":
+            await rooms.update_tracks(
+                self.bridge, session_id, parse_json(rooms.TrackMapUpdate, data)
+            )
+            return None
+        await rooms.delete_session(self.bridge, session_id)
+        return None
+
+    async def _peer_closed(self, peer: PeerSession) -> None:
+        for sub in self._sessions.pop(peer.id, []):
+            await sub.unsubscribe()
+
+    async def aclose(self) -> None:
+        if self._invites is not None:
+            await self._invites.unsubscribe()
+            self._invites = None
+        for session_id in list(self._sessions):
+            for sub in self._sessions.pop(session_id):
+                await sub.unsubscribe()
+        if self._peer_closed in self.bridge.peer_closed_hooks:
+            self.bridge.peer_closed_hooks.remove(self._peer_closed)

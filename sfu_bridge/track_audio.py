@@ -1,0 +1,128 @@
+"""Remote audio track -> 16 kHz mono PCM with true audio time, and draining of unused tracks."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Protocol
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+
+
+class PcmConverter:
+    """One per track: Opus frames (s16 stereo 48 kHz) in, 16 kHz mono int16 out.
+
+    The audio time of each chunk comes from the frame's pts, so lost or missing packets become
+    a hole (the speaker stream fills it with silence) instead of pulling later speech earlier.
+    """
+
+    def __init__(self) -> None:
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._next_pts: Fraction | None = None
+        self._samples_out = 0
+
+    def restart(self) -> None:
+        """The next chunk starts a new stream at audio time 0."""
+        self._next_pts = None
+        self._samples_out = 0
+
+    def convert(self, frame: av.AudioFrame) -> tuple[np.ndarray, float] | None:
+        """Samples and audio time (s since the stream's first sample); ``None`` for a late frame."""
+        start = self._samples_out
+        if frame.pts is not None and frame.time_base is not None and frame.sample_rate:
+            pts = frame.pts * frame.time_base
+            duration = Fraction(frame.samples, frame.sample_rate)
+            if self._next_pts is not None:
+                gap = pts - self._next_pts
+                if gap <= -duration / 2:
+                    return None
+                if gap >= duration / 2:
+                    start += round(gap * RATE)
+            self._next_pts = pts + duration
+        chunks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        self._samples_out = start + samples.size
+        return samples, start / RATE
+
+
+async def drain(track: MediaStreamTrack) -> None:
+    """Read and discard until the track ends: an unread remote track grows without bound."""
+    while True:
+        try:
+            await track.recv()
+        except MediaStreamError:
+            return
+
+
+class AudioTarget(Protocol):
+    """Where a track's audio goes: one participant's speaker stream in one call."""
+
+    def push(self, pcm: np.ndarray, at: float) -> None: ...
+
+    async def close(self, reason: str) -> None: ...
+
+
+@dataclass
+class TrackFeed:
+    """Pumps one remote audio track into whatever target :attr:`bind` currently gives.
+
+    A track with no target is drained. A track silent for ``stall_s`` (its peer vanished or
+    stopped sending) releases its target, which flushes the speaker stream; if audio comes
+    back, a fresh target is opened. Track end releases the target too.
+    """
+
+    track: MediaStreamTrack
+    open_target: Callable[[], Awaitable[AudioTarget | None]]
+    stall_s: float | None = None
+    on_audio: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._converter = PcmConverter()
+        self._target: AudioTarget | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                timeout = self.stall_s if self._target is not None else None
+                try:
+                    frame = await asyncio.wait_for(self.track.recv(), timeout)
+                except TimeoutError:
+                    await self.release("stalled")
+                    continue
+                except MediaStreamError:
+                    break
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                await self._deliver(frame)
+        finally:
+            await asyncio.shield(self.release("left"))
+
+    async def _deliver(self, frame: av.AudioFrame) -> None:
+        async with self._lock:
+            if self._target is None:
+                self._target = await self.open_target()
+                self._converter.restart()
+                if self._target is None:
+                    return
+            converted = self._converter.convert(frame)
+            if converted is None:
+                return
+            samples, at = converted
+            self._target.push(samples, at)
+        if self.on_audio is not None:
+            self.on_audio()
+
+    async def release(self, reason: str) -> None:
+        """Flush and let go of the current target; the next frame asks :attr:`open_target` again."""
+        async with self._lock:
+            target, self._target = self._target, None
+            if target is not None:
+                await target.close(reason)

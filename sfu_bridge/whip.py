@@ -1,0 +1,154 @@
+"""WHIP (RFC 9725): one HTTP-signalled peer connection per participant track."""
+
+import uuid
+from dataclasses import dataclass, field
+
+from aiortc.sdp import candidate_from_sdp
+from fastapi import APIRouter, Request, Response
+
+from protocol import ErrorCode
+from sfu_bridge.bridge import Bridge
+from sfu_bridge.call_room import Speaker
+from sfu_bridge.errors import BridgeError
+from sfu_bridge.http import check_bearer, error_response, read_text
+from sfu_bridge.peer import PeerSession
+from sfu_bridge.sdp import MediaLine
+
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+
+
+class WhipSession(PeerSession):
+    """The participant named in the URL is behind the offer's first sending audio mid."""
+
+    kind = "whip"
+
+    def __init__(self, bridge: Bridge, room: str, speaker: Speaker) -> None:
+        super().__init__(bridge, room)
+        self.speaker = speaker
+        self.etag = f'"{uuid.uuid4().hex}"'
+
+    def _audio_mid(self) -> str | None:
+        return next(
+            (line.mid for line in self.media.values() if line.kind == "audio" and line.sending),
+            None,
+        )
+
+    def speaker_for(self, mid: str) -> Speaker | None:
+        return self.speaker if mid == self._audio_mid() else None
+
+    def check_offer(self, lines: list[MediaLine]) -> None:
+        if not any(line.kind == "audio" and line.sending for line in lines):
+            raise BridgeError(400, ErrorCode.NO_AUDIO, "the offer sends no audio track")
+
+
+@dataclass
+class SdpFragment:
+    ufrag: str | None = None
+    pwd: str | None = None
+    candidates: list[tuple[str | None, str]] = field(default_factory=list)
+    end_of_candidates: bool = False
+
+
+def parse_sdpfrag(text: str) -> SdpFragment:
+    """RFC 8840 fragment: ICE credentials, then per ``a=mid`` its candidates."""
+    fragment = SdpFragment()
+    mid: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("a=ice-ufrag:"):
+            fragment.ufrag = line.split(":", 1)[1]
+        elif line.startswith("a=ice-pwd:"):
+            fragment.pwd = line.split(":", 1)[1]
+        elif line.startswith("a=mid:"):
+            mid = line.split(":", 1)[1]
+        elif line.startswith("a=candidate:"):
+            fragment.candidates.append((mid, line[len("a=") :]))
+        elif line == "a=end-of-candidates":
+            fragment.end_of_candidates = True
+    return fragment
+
+
+async def trickle(session: WhipSession, text: str) -> None:
+    fragment = parse_sdpfrag(text)
+    remote = session.pc.remoteDescription
+    if (
+        fragment.ufrag is not None
+        and remote is not None
+        and f"a=ice-ufrag:{fragment.ufrag}" not in remote.sdp
+    ):
+        raise BridgeError(
+            422, ErrorCode.INVALID_REQUEST, "ICE restart is not supported; start a new session"
+        )
+    for mid, line in fragment.candidates:
+        try:
+            candidate = candidate_from_sdp(line.split(":", 1)[1])
+        except (AssertionError, ValueError, IndexError) as exc:
+            raise BridgeError(
+                400, ErrorCode.INVALID_REQUEST, f"malformed candidate {line!r}"
+            ) from exc
+        candidate.sdpMid = mid or session._audio_mid()
+        await session.pc.addIceCandidate(candidate)
+    if fragment.end_of_candidates:
+        await session.pc.addIceCandidate(None)
+
+
+def whip_router(bridge: Bridge) -> APIRouter:
+    router = APIRouter(tags=["whip"])
+
+    @router.post("/whip/{room}/{participant}", status_code=201, response_model=None)
+    async def publish(
+        room: str,
+        participant: str,
+        request: Request,
+        name: str | None = None,
+        language: str | None = None,
+    ) -> Response:
+        session: WhipSession | None = None
+        try:
+            check_bearer(bridge.settings, request)
+            offer = await read_text(request, SDP)
+            session = WhipSession(bridge, room, Speaker(participant, name, language))
+            answer = await session.accept_offer(offer)
+            bridge.add_peer(session)
+        except BridgeError as exc:
+            if session is not None:
+                await session.close("rejected")
+            return error_response(exc)
+        location = request.app.url_path_for("whip_session", session_id=session.id)
+        return Response(
+            answer,
+            status_code=201,
+            media_type=SDP,
+            headers={"Location": str(location), "ETag": session.etag},
+        )
+
+    @router.delete("/whip/sessions/{session_id}", name="whip_session", response_model=None)
+    async def stop(session_id: str, request: Request) -> Response:
+        try:
+            check_bearer(bridge.settings, request)
+            session = bridge.peer(session_id, WhipSession)
+        except BridgeError as exc:
+            return error_response(exc)
+        await bridge.close_peer(session, "left")
+        return Response(status_code=200)
+
+    @router.patch("/whip/sessions/{session_id}", response_model=None)
+    async def patch(session_id: str, request: Request) -> Response:
+        try:
+            check_bearer(bridge.settings, request)
+            session = bridge.peer(session_id, WhipSession)
+            assert isinstance(session, WhipSession)
+            match = request.headers.get("if-match")
+            if match is not None and match.strip() not in ("*", session.etag):
+                raise BridgeError(
+                    412,
+                    ErrorCode.PRECONDITION_FAILED,
+                    f"If-Match {match} is not the session's ETag",
+                )
+            await trickle(session, await read_text(request, SDPFRAG))
+        except BridgeError as exc:
+            return error_response(exc)
+        return Response(status_code=204)
+
+    return router

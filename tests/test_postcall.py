@@ -1,0 +1,113 @@
+"""A recorded two-person call -> post-call job (default model, whisper-base) -> merged transcript."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.postcall import call_ended_hook
+from pipeline.recorder import CallRecorder
+from pipeline.webhooks import SIGNATURE_HEADER, verify
+from protocol.frames import CaptionFrame, Word
+from tests.api_helpers import make_settings, running_api, wait_done, wer
+from tests.conftest import librivox_files, librivox_reference, read_wav16
+from tests.webhook_receiver import webhook_receiver
+
+SR = 16_000
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), dtype=np.int16)
+
+
+def _final(participant: str, segment_id: str, start: float, end: float, text: str) -> CaptionFrame:
+    tokens = text.split()
+    step = (end - start) / len(tokens)
+    words = [Word(word=t, start=start + i * step, end=start + (i + 1) * step, confidence=0.8) for i, t in enumerate(tokens)]
+    return CaptionFrame(
+        type="final", room="standup", participant=participant, segment_id=segment_id, rev=2, seq=3,
+        start=start, end=end, text=text, words=words, model="whisper-tiny.en",
+    )  # fmt: skip
+
+
+def record_call(calls_dir: Path) -> tuple[str, dict[str, str]]:
+    """Alice speaks at 0 s and 14.1 s, Bob (joined at 2 s) at 8 s; live finals as the live path left them."""
+    files = librivox_files()
+    refs = librivox_reference()
+    first, second, third = files[0], files[3], files[2]
+    recorder = CallRecorder(calls_dir, "call-1", "standup")
+    alice = recorder.track("alice", "Alice", "en", offset=0.0)
+    alice.write(np.concatenate([read_wav16(first), _silence(7.0), read_wav16(second)]))
+    alice.close()
+    bob = recorder.track("bob", "Bob", "en", offset=2.0)
+    bob.write(np.concatenate([_silence(6.0), read_wav16(third)]))
+    bob.close()
+    recorder.final(_final("alice", "live-a1", 0.3, 6.9, "and mister john dashwood had then leisure"))
+    recorder.final(_final("bob", "live-b1", 8.2, 13.1, "unless to be rather cold hearted"))
+    recorder.final(_final("alice", "live-a2", 14.3, 20.0, "if he had married a more amiable woman"))
+    recorder.close("ended")
+    return "call-1", {
+        "alice": f"{refs[first.stem]} {refs[second.stem]}",
+        "bob": refs[third.stem],
+    }
+
+
+async def test_recorded_call_is_repassed_merged_summarized_and_announced(nats_url: str, tmp_path: Path) -> None:
+    with webhook_receiver() as receiver:
+        settings = make_settings(
+            nats_url,
+            tmp_path,
+            postcall={"model": "whisper-base", "summarize": False, "webhook_url": receiver.url},
+        )
+        call_id, references = record_call(Path(settings.data_dir) / "calls")
+        async with running_api(settings) as (client, services):
+            from pipeline.recorder import CallRecord
+
+            hook = call_ended_hook(services.store, services.notifier, settings)
+            await hook(CallRecord.load(Path(settings.data_dir) / "calls" / call_id))
+            (listed,) = (await client.get("/v1/transcripts")).json()["data"]
+            body = await wait_done(client, listed["id"], timeout=240)
+            assert body["status"] == "completed", body
+            hits = await asyncio.to_thread(receiver.wait_for, 2, 30.0)
+
+    transcript = body["transcript"]
+    assert transcript["model"] == "whisper-base"
+    assert body["source"] == {**body["source"], "type": "call", "call_id": call_id}
+    assert [(s["id"], s["name"]) for s in transcript["speakers"]] == [("alice", "Alice"), ("bob", "Bob")]
+    segments = transcript["segments"]
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts)
+    for speaker, reference in references.items():
+        text = " ".join(s["text"] for s in segments if s["speaker"] == speaker)
+        assert wer(reference, text) <= 0.15, (speaker, text)
+    bob = [s for s in segments if s["speaker"] == "bob"]
+    alice = [s for s in segments if s["speaker"] == "alice"]
+    assert alice[0]["start"] < 1.0
+    assert all(7.5 < s["start"] and s["end"] < 13.8 for s in bob), bob
+    assert any(s["start"] > 13.5 for s in alice)
+
+    ids = [s["id"] for s in segments]
+    assert len(ids) == len(set(ids))
+    carried = {sid: s for s in segments for sid in s["live_segment_ids"]}
+    assert set(carried) == {"live-a1", "live-b1", "live-a2"}
+    assert carried["live-b1"]["speaker"] == "bob"
+    assert carried["live-a2"]["speaker"] == "alice" and carried["live-a2"]["start"] > 13.5
+    assert all(s["id"] == s["live_segment_ids"][0] for s in segments if s["live_segment_ids"])
+
+    summary = transcript["summary"]
+    items = [*summary["summary"], *summary["topics"], *summary["action_items"], *summary["decisions"]]
+    assert summary["summary"]
+    by_id = {s["id"]: s for s in segments}
+    for item in items:
+        assert item["segment_ids"] and all(sid in by_id for sid in item["segment_ids"])
+        cited = [by_id[sid] for sid in item["segment_ids"]]
+        assert min(s["start"] for s in cited) <= item["start"] < item["end"] <= max(s["end"] for s in cited)
+
+    events = {json.loads(hit.body)["type"]: hit for hit in hits}
+    assert set(events) == {"call.ended", "transcript.revised"}
+    for hit in hits:
+        assert verify("test-secret", hit.body, hit.headers[SIGNATURE_HEADER])
+    revised = json.loads(events["transcript.revised"].body)["data"]
+    assert (revised["transcript_id"], revised["call_id"]) == (body["id"], call_id)
+    assert json.loads(events["call.ended"].body)["data"]["job_id"] == body["id"]
