@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from api.errors import ApiError
 from api.services import Services
 from api.uploads import read_upload
+from engines.ask import AskError, ask
 from engines.redaction import ALL_KINDS
 from pipeline.download import DownloadError, check_url
 from pipeline.jobs import (
@@ -35,7 +36,7 @@ from pipeline.jobs import (
 )
 from pipeline.postcall import calls_dir, submit_postcall
 from protocol.errors import ErrorCode
-from protocol.transcript import Transcript
+from protocol.transcript import Answer, Transcript
 
 router = APIRouter()
 
@@ -392,17 +393,17 @@ async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
-@router.post("/v1/transcripts/{job_id}/ask")
-async def ask_transcript(request: Request, job_id: str) -> dict[str, Any]:
+@router.post("/v1/transcripts/{job_id}/ask", response_model=Answer)
+async def ask_transcript(request: Request, job_id: str) -> Answer:
     """Answer a question from the transcript, citing segments and timecodes."""
     services = _services(request)
     body: AskRequest = await _json_body(request, AskRequest)
     transcript = await _transcript(services, await _record(services, job_id))
-    from engines.ask import ask
-
-    answer = await asyncio.to_thread(ask, transcript, body.question, services.settings)
-    result: dict[str, Any] = answer.model_dump(mode="json")
-    return result
+    try:
+        answer = await asyncio.to_thread(ask, transcript, body.question, services.settings)
+    except AskError as exc:
+        raise ApiError(422, exc.code, str(exc)) from exc
+    return answer
 
 
 @router.post("/v1/calls/{call_id}/transcribe", status_code=202, response_model=JobAccepted)

@@ -91,6 +91,9 @@ class PostCallSettings(BaseModel):
     llm_model: str | None = None
     llm_api_key: str | None = None
     llm_timeout_s: float = 60.0
+    llm_max_prompt_chars: int = Field(
+        default=120_000, gt=0, description="longer transcripts use the embedded summarizer"
+    )
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_max_attempts: int = Field(default=8, ge=1)

@@ -5,7 +5,9 @@ CPU-bound and blocking: call it from a worker thread, not from a coroutine.
 """
 
 import logging
+from functools import lru_cache
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.settings import Settings
@@ -44,13 +46,20 @@ def _clock(seconds: float) -> str:
     return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
+@lru_cache(maxsize=16)
+def _segment_vectors(texts: tuple[str, ...]) -> np.ndarray:
+    # questions come in series about one transcript: embed its segments once
+    vectors = embed(list(texts))
+    vectors.flags.writeable = False
+    return vectors
+
+
 def retrieve(t: Transcript, question: str, top_k: int = TOP_K) -> list[Passage]:
     """The ``top_k`` segments most similar to ``question``, best first."""
     segments = [s for s in t.segments if s.text.strip()]
     if not segments:
         return []
-    vectors = embed([question, *(s.text for s in segments)])
-    scores = vectors[1:] @ vectors[0]
+    scores = _segment_vectors(tuple(s.text for s in segments)) @ embed([question])[0]
     best = sorted(range(len(segments)), key=lambda i: -float(scores[i]))[:top_k]
     return [
         Passage(

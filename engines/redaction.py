@@ -53,43 +53,11 @@ _EMAIL_SPOKEN = re.compile(
     re.IGNORECASE,
 )
 # "look at the dot com boom" is not an address: spoken addresses start and end on a name
-_NOT_ADDRESS_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "this",
-        "that",
-        "it",
-        "is",
-        "was",
-        "be",
-        "look",
-        "looking",
-        "looked",
-        "arrive",
-        "arrived",
-        "aim",
-        "aimed",
-        "good",
-        "bad",
-        "best",
-        "at",
-        "in",
-        "on",
-        "of",
-        "for",
-        "to",
-        "we",
-        "you",
-        "they",
-        "he",
-        "she",
-        "i",
-        "me",
-        "us",
-    ]
-)
+_NOT_ADDRESS_WORDS_TEXT = """
+a an the this that it is was be look looking looked arrive arrived aim aimed good bad best
+at in on of for to we you they he she i me us
+"""
+_NOT_ADDRESS_WORDS = frozenset(_NOT_ADDRESS_WORDS_TEXT.split())
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{1,4}){3,9}\b", re.IGNORECASE)
 
 _PROFANITY = ("fuck", "shit", "bitch", "bastard", "asshole", "dickhead", "motherfucker", "bullshit")
@@ -269,13 +237,27 @@ def redact_segment(
     return segment.model_copy(update={"text": text, "words": words}), findings
 
 
-def redact_transcript(t: Transcript, kinds: Iterable[PiiKind] = ALL_KINDS) -> Transcript:
-    """A copy of ``t`` with PII masked in segment text and words alike; ``redacted`` lists the kinds."""
+def _mask_profanity_segment(segment: Segment) -> Segment:
+    text = mask_profanity(segment.text)
+    if text == segment.text:
+        return segment
+    words = [replace_span(w, mask_profanity(w.word.strip())) for w in segment.words]
+    return segment.model_copy(update={"text": text, "words": words})
+
+
+def redact_transcript(
+    t: Transcript, kinds: Iterable[PiiKind] = ALL_KINDS, profanity: bool = False
+) -> Transcript:
+    """A copy of ``t`` with PII (and optionally swear words) masked in segment text and words
+    alike; ``redacted`` lists what was masked."""
     wanted = set(kinds)
     find_pii("", wanted)
     segments = [redact_segment(s, wanted)[0] for s in t.segments]
-    redacted = sorted(set(t.redacted) | wanted)
-    return t.model_copy(update={"segments": segments, "redacted": redacted})
+    masked: set[str] = set(wanted)
+    if profanity:
+        segments = [_mask_profanity_segment(s) for s in segments]
+        masked.add("profanity")
+    return t.model_copy(update={"segments": segments, "redacted": sorted(set(t.redacted) | masked)})
 
 
 def mask_profanity(text: str) -> str:

@@ -32,6 +32,8 @@ TOPIC_KEYWORDS = 3
 DUPLICATE_ACTION_SIMILARITY = 0.8
 # a request and the reply that takes it on share owner and due date, so less wording must match
 SAME_OWNER_AND_DUE_SIMILARITY = 0.6
+# only a restatement soon after counts as the same item
+DUPLICATE_ACTION_WINDOW_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -139,176 +141,19 @@ def _topic_groups(vectors: np.ndarray, target: int) -> list[list[int]]:
     return [list(range(lo, hi)) for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
 
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "above",
-        "after",
-        "again",
-        "all",
-        "also",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "because",
-        "been",
-        "before",
-        "being",
-        "below",
-        "between",
-        "both",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "done",
-        "down",
-        "during",
-        "each",
-        "even",
-        "every",
-        "few",
-        "for",
-        "from",
-        "further",
-        "get",
-        "got",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "him",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "just",
-        "know",
-        "let",
-        "like",
-        "lot",
-        "make",
-        "many",
-        "me",
-        "might",
-        "more",
-        "most",
-        "much",
-        "must",
-        "my",
-        "need",
-        "no",
-        "nor",
-        "not",
-        "now",
-        "of",
-        "off",
-        "ok",
-        "okay",
-        "on",
-        "once",
-        "one",
-        "only",
-        "or",
-        "other",
-        "our",
-        "ours",
-        "out",
-        "over",
-        "own",
-        "really",
-        "right",
-        "same",
-        "say",
-        "see",
-        "she",
-        "should",
-        "so",
-        "some",
-        "still",
-        "such",
-        "sure",
-        "than",
-        "thank",
-        "thanks",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "thing",
-        "things",
-        "think",
-        "this",
-        "those",
-        "through",
-        "to",
-        "today",
-        "too",
-        "two",
-        "under",
-        "until",
-        "up",
-        "us",
-        "very",
-        "want",
-        "was",
-        "way",
-        "we",
-        "well",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "why",
-        "will",
-        "with",
-        "would",
-        "yeah",
-        "yes",
-        "you",
-        "your",
-        "yours",
-        "going",
-        "go",
-        "good",
-        "great",
-        "morning",
-        "everyone",
-        "anything",
-        "something",
-        "next",
-        "last",
-        "mean",
-        "maybe",
-        "actually",
-    ]
-)
+_STOPWORDS_TEXT = """
+a about above after again all also am an and any are as at be because been before being
+below between both but by can could did do does doing done down during each even every few
+for from further get got had has have having he her here hers him his how i if in into is it
+its just know let like lot make many me might more most much must my need no nor not now of
+off ok okay on once one only or other our ours out over own really right same say see she
+should so some still such sure than thank thanks that the their them then there these they
+thing things think this those through to today too two under until up us very want was way
+we well were what when where which while who why will with would yeah yes you your yours
+going go good great morning everyone anything something next last mean maybe actually
+week weeks day days month months time monday tuesday wednesday thursday friday
+"""
+_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 _KEYWORD = re.compile(r"[A-Za-z][A-Za-z\-']+")
 
 
@@ -397,35 +242,14 @@ _AFFIRMATION = re.compile(
 )
 _NOT_A_TASK = re.compile(
     r"^(?:be\b|just\s+say|say\b|think\b|guess\b|admit\b|bet\b|see\b|hear\b|tell\s+you\b|go\s+with\b"
-    r"|use\b|pick\b|choose\b|stick\s+with\b|repeat\b|do\s+that\b|do\s+it\b)",
+    r"|use\b|pick\b|choose\b|stick\s+with\b|repeat\b|do\s+that\b|do\s+it\b|like\b|believe\b|imagine\b)",
     re.IGNORECASE,
 )
-_NOT_A_NAME = frozenset(
-    [
-        "okay",
-        "ok",
-        "so",
-        "and",
-        "also",
-        "alright",
-        "then",
-        "great",
-        "right",
-        "oh",
-        "well",
-        "yes",
-        "yeah",
-        "no",
-        "sure",
-        "thanks",
-        "please",
-        "hey",
-        "hi",
-        "sorry",
-        "fine",
-        "good",
-    ]
-)
+_NOT_A_NAME_TEXT = """
+okay ok so and also alright then great right oh well yes yeah no sure thanks please hey hi
+sorry fine good
+"""
+_NOT_A_NAME = frozenset(_NOT_A_NAME_TEXT.split())
 _DECISION = re.compile(
     r"\b(?:we(?:'ve|\s+have)?\s+decided|(?:we\s+)?agreed\s+(?:to|on|that)|let's\s+(?:go\s+with|use|stick\s+with)"
     r"|we(?:'ll|\s+will)\s+(?:go\s+with|use|adopt|stick\s+with)|we(?:'re|\s+are)\s+going\s+(?:to\s+go\s+)?with"
@@ -523,8 +347,11 @@ def _merge_duplicates(found: list[tuple[ActionItem, list[Sentence]]]) -> list[Ac
                 if same_owner and same_due
                 else DUPLICATE_ACTION_SIMILARITY
             )
-            compatible = (item.owner is None or other.owner is None or same_owner) and (
-                item.due is None or other.due is None or same_due
+            close = item.start - other.start <= DUPLICATE_ACTION_WINDOW_S
+            compatible = (
+                close
+                and (item.owner is None or other.owner is None or same_owner)
+                and (item.due is None or other.due is None or same_due)
             )
             if compatible and similarity >= threshold:
                 merged = _cite(other.text, other_members + members)

@@ -2,12 +2,13 @@
 
 import asyncio
 import io
+from typing import Any
 
 import av
 import numpy as np
 
 from engines.base import EngineError, ModelNotFoundError
-from engines.diarization import split_segments
+from engines.diarization import Diarizer, split_segments
 from engines.whisper_batch import BatchResult, BatchSegment
 from pipeline.audio_io import SAMPLE_RATE, AudioDecodeError, decode_file
 from pipeline.download import DownloadError, download
@@ -46,7 +47,7 @@ async def source_audio(ctx: JobContext) -> bytes:
 def declared_seconds(data: bytes) -> float | None:
     """The duration the container's header states, if it states one."""
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             return None if container.duration is None else container.duration / av.time_base
     except (av.error.FFmpegError, OSError):  # type: ignore[attr-defined]
         return None
@@ -111,53 +112,45 @@ def to_words(segment: BatchSegment) -> list[Word]:
     ]
 
 
+async def _diarizer(ctx: JobContext) -> Diarizer:
+    try:
+        return await asyncio.to_thread(ctx.diarizer)
+    except ModelNotFoundError as exc:
+        raise JobFailure(
+            DIARIZATION_UNAVAILABLE, f"diarization models are not prepared: {exc}"
+        ) from exc
+
+
 async def run_batch(ctx: JobContext) -> Transcript:
     record = ctx.record
     options = record.options
     name = record.source.filename or record.source.url or "upload"
+    diarizer = await _diarizer(ctx) if options.diarize else None  # fail before the long part
     samples = await decode(await source_audio(ctx), name, check_length=True)
     ctx.progress(0.05, "decoded")
     model = options.model or ctx.settings.postcall.batch_model
-    result = await recognize(ctx, samples, model, share=(0.05, 0.8 if options.diarize else 0.95))
-    if options.diarize:
+    result = await recognize(ctx, samples, model, share=(0.05, 0.8 if diarizer else 0.95))
+    if diarizer is not None:
         ctx.progress(0.8, "diarizing")
-        try:
-            diarizer = await asyncio.to_thread(ctx.diarizer)
-            turns = await asyncio.to_thread(diarizer.diarize, samples, options.speakers_expected)
-        except ModelNotFoundError as exc:
-            raise JobFailure(
-                DIARIZATION_UNAVAILABLE, f"diarization models are not prepared: {exc}"
-            ) from exc
-        parts = split_segments(turns, result.segments)
-        segments = [
-            Segment(
-                id=f"s{index:04d}",
-                speaker=part.speaker,
-                start=part.start,
-                end=part.end,
-                text=part.text,
-                words=[
-                    Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence)
-                    for w in part.words
-                ],  # type: ignore[attr-defined]
-            )
-            for index, part in enumerate(parts)
+        turns = await asyncio.to_thread(diarizer.diarize, samples, options.speakers_expected)
+        parts = [
+            (p.speaker, p.start, p.end, p.text, p.words)
+            for p in split_segments(turns, result.segments)
         ]
     else:
-        segments = [
-            Segment(
-                id=f"s{index:04d}",
-                speaker="S1",
-                start=s.start,
-                end=s.end,
-                text=s.text,
-                words=to_words(s),
-            )
-            for index, s in enumerate(result.segments)
-        ]
-    speakers = sorted({segment.speaker for segment in segments}, key=lambda s: (len(s), s)) or [
-        "S1"
+        parts = [("S1", p.start, p.end, p.text, p.words) for p in result.segments]
+    segments = [
+        Segment(
+            id=f"s{index:04d}",
+            speaker=speaker,
+            start=start,
+            end=end,
+            text=text,
+            words=[_word(w) for w in words],
+        )
+        for index, (speaker, start, end, text, words) in enumerate(parts)
     ]
+    speakers = sorted({s.speaker for s in segments}, key=lambda s: (len(s), s)) or ["S1"]
     return Transcript(
         id=record.id,
         language=result.language,
@@ -166,3 +159,7 @@ async def run_batch(ctx: JobContext) -> Transcript:
         speakers=[Speaker(id=speaker) for speaker in speakers],
         segments=segments,
     )
+
+
+def _word(word: Any) -> Word:
+    return Word(word=word.word, start=word.start, end=word.end, confidence=word.confidence)

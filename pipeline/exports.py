@@ -21,6 +21,7 @@ MAX_CUE_MS = 7000
 # a cue may close early at a sentence end once it holds this much text
 SENTENCE_BREAK_CHARS = 20
 MAX_LABEL_CHARS = 20
+MIN_CUE_WORDS = 3
 
 
 class ExportError(ValueError):
@@ -95,21 +96,15 @@ def _segment_cues(segment: Segment, speaker: str, label: str | None) -> list[_Cu
         return []
     if label is not None:
         tokens.insert(0, _Token(label, tokens[0].start, tokens[0].start))
-    cues: list[_Cue] = []
+    groups: list[list[_Token]] = []
+    # indexes of groups that only ended because the next word did not fit
+    full: set[int] = set()
     current: list[_Token] = []
-
-    def emit() -> None:
-        lines = _wrap([t.text for t in current])
-        assert lines is not None
-        cues.append(
-            _Cue(round(current[0].start * 1000), round(current[-1].end * 1000), lines, speaker)
-        )
-
     for token in tokens:
         candidate = [*current, token]
-        too_long = token.end - (current[0].start if current else token.start) > MAX_CUE_MS / 1000
-        if current and (too_long or _wrap([t.text for t in candidate]) is None):
-            emit()
+        if current and not _fits(candidate):
+            full.add(len(groups))
+            groups.append(current)
             current = [token]
         else:
             current = candidate
@@ -117,11 +112,34 @@ def _segment_cues(segment: Segment, speaker: str, label: str | None) -> list[_Cu
             token.text[-1] in ".?!"
             and len(" ".join(t.text for t in current)) >= SENTENCE_BREAK_CHARS
         ):
-            emit()
+            groups.append(current)
             current = []
     if current:
-        emit()
+        groups.append(current)
+    for n in sorted(full):
+        _rebalance(groups[n], groups[n + 1])
+    cues = []
+    for group in groups:
+        lines = _wrap([t.text for t in group])
+        assert lines is not None
+        cues.append(_Cue(round(group[0].start * 1000), round(group[-1].end * 1000), lines, speaker))
     return cues
+
+
+def _fits(tokens: list[_Token]) -> bool:
+    return (
+        tokens[-1].end - tokens[0].start <= MAX_CUE_MS / 1000
+        and _wrap([t.text for t in tokens]) is not None
+    )
+
+
+def _rebalance(full: list[_Token], after: list[_Token]) -> None:
+    """Move words from a full cue into the one after it so that one does not hold a lone word."""
+    while len(after) < MIN_CUE_WORDS and len(full) > MIN_CUE_WORDS:
+        moved = [full[-1], *after]
+        if not _fits(moved):
+            return
+        after.insert(0, full.pop())
 
 
 def _cues(t: Transcript, labels: bool) -> list[_Cue]:

@@ -258,9 +258,12 @@ class JobStore:
     async def delete(self, job_id: str) -> None:
         """Remove the record, its audio and every result."""
         await self._entry(job_id)
+        await self.delete_files(job_id)
+        await self._kv.purge(job_id)
+
+    async def delete_files(self, job_id: str) -> None:
         for name in await self.file_names(job_id):
             await self.delete_file(job_id, name)
-        await self._kv.purge(job_id)
 
     async def put_file(self, job_id: str, name: str, data: bytes | BinaryIO) -> None:
         await self._files.put(f"{job_id}/{name}", data)
@@ -273,10 +276,8 @@ class JobStore:
         return bytes(result.data or b"")
 
     async def delete_file(self, job_id: str, name: str) -> None:
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await self._files.delete(f"{job_id}/{name}")
-        except nats.js.errors.NotFoundError:
-            pass
 
     async def file_names(self, job_id: str) -> list[str]:
         try:
@@ -323,10 +324,10 @@ JobHandler = Callable[[JobContext], Awaitable[Transcript]]
 
 
 async def wait_for(
-    store: JobStore, job_id: str, timeout: float = 60.0, poll_s: float = 0.1
+    store: JobStore, job_id: str, limit_s: float = 60.0, poll_s: float = 0.1
 ) -> JobRecord:
     """Poll until the job is completed or failed; raises TimeoutError."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         while True:
             record = await store.get(job_id)
             if record.status.terminal:

@@ -28,6 +28,7 @@ from protocol.frames import CaptionFrame
 from protocol.transcript import Segment, Speaker, Transcript
 
 _Piece = tuple[ParticipantRecord, Segment]
+NEAREST_S = 1.0
 
 
 def calls_dir(settings: Settings) -> Path:
@@ -42,16 +43,22 @@ def load_call(settings: Settings, call_id: str) -> CallRecord:
 
 
 def _overlap(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
+    """Seconds two spans share; negative: the gap between them."""
     return min(a_end, b_end) - max(a_start, b_start)
 
 
 def attach_live_ids(pieces: list[_Piece], finals: list[CaptionFrame]) -> dict[int, list[str]]:
-    """Index in ``pieces`` -> live segment ids it covers (each live id given out once)."""
+    """Index in ``pieces`` -> live segment ids it covers (each live id given out once).
+
+    A live final that overlaps no re-pass segment goes to the nearest one of its speaker
+    within ``NEAREST_S`` (the live and the re-pass VAD cut differently); further away it is
+    left out (the re-pass heard no speech there).
+    """
     claimed: dict[int, list[tuple[float, str]]] = {}
     for final in finals:
         if final.type != "final" or not final.text.strip():
             continue
-        best, best_overlap = -1, 0.0
+        best, best_overlap = -1, -NEAREST_S
         for index, (participant, segment) in enumerate(pieces):
             if participant.participant != final.participant:
                 continue

@@ -294,7 +294,12 @@ class NatsPublisher:
                     entry.frame.type,
                     entry.subject,
                 )
-        await asyncio.wait_for(nc.flush(), self.flush_timeout)
+        async with asyncio.timeout(self.flush_timeout):
+            # nats-py writes flush()'s PING straight to the socket, ahead of publishes still in
+            # its buffer; only a PING sent after them proves the server has them. So first wait
+            # until its flusher has written the buffer (private, but exact; nats-py is pinned).
+            await nc._flush_pending(force_flush=True)
+            await nc.flush()
         self._rejected += rejected
         self._published += len(batch) - rejected
 

@@ -5,12 +5,13 @@ from typing import Any
 
 from config.settings import Settings
 from engines.casing import normalize_casing
+from engines.llm import summarize_with
 from engines.redaction import redact_transcript
-from pipeline.exports import render
+from pipeline.exports import ExportFormat, render
 from pipeline.jobs import JobRecord, JobStore
 from protocol.transcript import Transcript
 
-EXPORT_FORMATS = ("json", "srt", "vtt", "txt")
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("json", "srt", "vtt", "txt")
 
 
 def redaction_kinds(redact_pii: bool | list[str]) -> list[Any] | None:
@@ -25,10 +26,10 @@ def redaction_kinds(redact_pii: bool | list[str]) -> list[Any] | None:
 async def finish(transcript: Transcript, record: JobRecord, settings: Settings) -> Transcript:
     transcript = await asyncio.to_thread(normalize_casing, transcript)
     kinds = redaction_kinds(record.options.redact_pii)
-    if kinds is not None:
-        transcript = await asyncio.to_thread(
-            redact_transcript, transcript, *([kinds] if kinds else [])
-        )
+    if kinds:
+        transcript = await asyncio.to_thread(redact_transcript, transcript, kinds)
+    elif kinds is not None:
+        transcript = await asyncio.to_thread(redact_transcript, transcript)
     if record.options.summarize:
         summary = await asyncio.to_thread(summarize_with, transcript, settings)
         transcript = transcript.model_copy(update={"summary": summary})

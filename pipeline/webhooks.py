@@ -243,6 +243,9 @@ class WebhookDispatcher:
                         msg.data,
                         exc_info=True,
                     )
+                except ValueError:  # a corrupt delivery record: retrying cannot help
+                    log.exception("dropping webhook delivery %r", msg.data[:200])
+                    await msg.term()
 
     async def _handle(self, msg: Msg) -> None:
         key = msg.data.decode()

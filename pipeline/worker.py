@@ -17,6 +17,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import nats
@@ -42,6 +43,7 @@ from pipeline.results import finish, store_results
 from pipeline.retranscribe import run_retranscribe
 from pipeline.tasks import spawn
 from pipeline.webhooks import EventType, Notifier, WebhookDispatcher, event_data
+from protocol.transcript import Transcript
 
 if TYPE_CHECKING:
     from engines.diarization import Diarizer
@@ -71,6 +73,12 @@ class _Progress:
             return self.value
 
 
+def _with_progress(progress: tuple[int, str], record: JobRecord) -> JobRecord:
+    if record.status != JobState.PROCESSING:
+        return record
+    return record.model_copy(update={"progress": progress[0], "message": progress[1]})
+
+
 class Worker:
     durable = "workers"
 
@@ -89,7 +97,6 @@ class Worker:
         self._diarizer_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.jobs_done = 0
 
     def diarizer(self) -> "Diarizer":
         from engines.diarization import Diarizer, default_model_dir
@@ -144,7 +151,12 @@ class Worker:
                     )
 
     async def handle(self, msg: Msg) -> None:
-        job_id = str(json.loads(msg.data)["id"])
+        try:
+            job_id = str(json.loads(msg.data)["id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping a malformed job message on %s: %r", msg.subject, msg.data[:200])
+            await msg.term()
+            return
         try:
             record = await self.store.get(job_id)
         except JobNotFoundError:
@@ -176,12 +188,12 @@ class Worker:
                 attempts=record.attempts + 1,
             )
             final = await self._execute(record, msg)
-        except JobNotFoundError:
-            await msg.ack()  # deleted while it ran
+        except JobNotFoundError:  # deleted while it ran: drop what it wrote meanwhile
+            await self.store.delete_files(job_id)
+            await msg.ack()
             return
         await self._announce(final)
         await msg.ack()
-        self.jobs_done += 1
 
     async def _execute(self, record: JobRecord, msg: Msg) -> JobRecord:
         progress = _Progress()
@@ -193,7 +205,7 @@ class Worker:
             transcript = await finish(transcript, record, self.settings)
             names = await store_results(self.store, record.id, transcript)
             if record.kind == JobKind.RETRANSCRIBE and record.source.parent_id:
-                await store_results(self.store, record.source.parent_id, transcript)
+                await self._revise_parent(record.source.parent_id, transcript)
         except JobFailure as failure:
             return await self._fail(record.id, failure.code, failure.message)
         except (JobNotFoundError, asyncio.CancelledError):
@@ -208,6 +220,13 @@ class Worker:
         return await self.store.transition(
             record.id, JobState.COMPLETED, progress=100, message="completed", results=names
         )
+
+    async def _revise_parent(self, parent_id: str, transcript: Transcript) -> None:
+        try:
+            await self.store.get(parent_id)
+        except JobNotFoundError as exc:
+            raise JobFailure("NOT_FOUND", f"transcript {parent_id} was deleted meanwhile") from exc
+        await store_results(self.store, parent_id, transcript)
 
     async def _fail(self, job_id: str, code: str, message: str) -> JobRecord:
         return await self.store.transition(
@@ -225,14 +244,7 @@ class Worker:
             if current != written:
                 written = current
                 with contextlib.suppress(JobNotFoundError, nats.errors.Error):
-                    await self.store.modify(
-                        job_id,
-                        lambda r, c=current: (
-                            r.model_copy(update={"progress": c[0], "message": c[1]})
-                            if r.status == JobState.PROCESSING
-                            else r
-                        ),
-                    )
+                    await self.store.modify(job_id, partial(_with_progress, current))
 
     async def _announce(self, record: JobRecord) -> None:
         """Send the job's final event; a no-op when it went out before (redelivery)."""

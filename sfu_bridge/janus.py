@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 VIDEOROOM = "janus.plugin.videoroom"
 EVENT_TIMEOUT_S = 15.0
+SESSION_TIMEOUT_S = 60.0  # Janus's default: past it, our session is gone anyway
 Json = dict[str, Any]
 
 
@@ -103,18 +104,27 @@ class JanusClient:
         return event
 
     async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        reached = loop.time()
         while True:
             try:
                 response = await self.http.get(
                     f"{self.url}/{self.session_id}", params={"maxev": 10}
                 )
                 batch = response.json()
+                reached = loop.time()
             except (httpx.HTTPError, ValueError) as exc:
-                log.warning("Janus long-poll failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
+                if loop.time() - reached > SESSION_TIMEOUT_S:
+                    batch = {"janus": "error", "error": {"reason": f"unreachable: {exc}"}}
+                else:
+                    log.warning("Janus long-poll failed: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
             for event in batch if isinstance(batch, list) else [batch]:
                 self._dispatch(event)
+            if isinstance(batch, dict) and batch.get("janus") == "error":
+                log.warning("Janus session %s is gone: %s", self.session_id, batch.get("error"))
+                return
 
     def _dispatch(self, event: Json) -> None:
         kind = event.get("janus")
@@ -159,6 +169,14 @@ class JanusPeer(PeerSession):
 
     def speaker_for(self, mid: str) -> Speaker | None:
         return self.streams.get(mid)
+
+    async def update_streams(self, streams: list[Json]) -> None:
+        """A ``streams`` list without a new offer: flush mids whose feed changed."""
+        before = {mid: self.current_speaker(mid) for mid in self.feeds}
+        self.set_streams(streams)
+        for mid, speaker in before.items():
+            if self.current_speaker(mid) != speaker:
+                await self.rebind(mid)
 
     def set_streams(self, streams: list[Json]) -> None:
         self.streams = {
@@ -220,6 +238,9 @@ class JanusAdapter:
             event = await self.client.events.get()
             data = plugin_data(event)
             sender = event.get("sender")
+            if event.get("janus") == "error" and sender is None:
+                self.bridge.tasks.spawn(self.leave("disconnected"), f"janus lost {self.room_id}")
+                return
             try:
                 if event.get("janus") in ("hangup", "detached") and sender == self.subscriber:
                     log.info("Janus hung up the subscriber: %s", event.get("reason"))
@@ -245,17 +266,20 @@ class JanusAdapter:
         ]
         if not wanted:
             return
-        self.subscribed.update(int(s["feed"]) for s in wanted)
         if self.subscriber is None:
-            self.subscriber = await self.client.attach()
-            event = await self.client.send(
-                self.subscriber,
-                {"request": "join", "ptype": "subscriber", "room": self.room_id, "streams": wanted},
-            )
+            handle = await self.client.attach()
+            join = {"request": "join", "ptype": "subscriber", "room": self.room_id}
+            try:
+                event = await self.client.send(handle, {**join, "streams": wanted})
+            except JanusError:
+                await self.client.detach(handle)
+                raise
+            self.subscriber = handle
         else:
             event = await self.client.send(
                 self.subscriber, {"request": "update", "subscribe": wanted}
             )
+        self.subscribed |= {int(s["feed"]) for s in wanted}
         if "jsep" in event:
             await self._answer(event)
 
@@ -275,7 +299,7 @@ class JanusAdapter:
         streams = plugin_data(event).get("streams", [])
         jsep = event.get("jsep")
         if not jsep or jsep.get("type") != "offer":
-            self.peer.set_streams(streams)
+            await self.peer.update_streams(streams)
             return
         sdp = await self.peer.accept_offer(jsep["sdp"], lambda _: self.peer.set_streams(streams))
         await self.client.send(

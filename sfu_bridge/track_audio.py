@@ -71,7 +71,7 @@ class AudioTarget(Protocol):
 
 @dataclass
 class TrackFeed:
-    """Pumps one remote audio track into whatever target :attr:`bind` currently gives.
+    """Pumps one remote audio track into the target :attr:`open_target` gives.
 
     A track with no target is drained. A track silent for ``stall_s`` (its peer vanished or
     stopped sending) releases its target, which flushes the speaker stream; if audio comes
@@ -86,6 +86,7 @@ class TrackFeed:
     def __post_init__(self) -> None:
         self._converter = PcmConverter()
         self._target: AudioTarget | None = None
+        self._displaced = False
         self._lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -107,8 +108,14 @@ class TrackFeed:
 
     async def _deliver(self, frame: av.AudioFrame) -> None:
         async with self._lock:
+            if self._displaced:
+                return
             if self._target is None:
-                self._target = await self.open_target()
+                try:
+                    self._target = await self.open_target()
+                except Exception:
+                    log.exception("no target for track %s: its audio is dropped", self.track.id)
+                    return
                 self._converter.restart()
                 if self._target is None:
                     return
@@ -116,7 +123,15 @@ class TrackFeed:
             if converted is None:
                 return
             samples, at = converted
-            self._target.push(samples, at)
+            try:
+                self._target.push(samples, at)
+            except Exception as exc:
+                # the stream was closed under it (a newer track of the same participant, the
+                # call's end): stay quiet until released rather than displace the newer one
+                log.warning("track %s goes quiet: %s", self.track.id, exc)
+                self._target = None
+                self._displaced = True
+                return
         if self.on_audio is not None:
             self.on_audio()
 
@@ -124,5 +139,6 @@ class TrackFeed:
         """Flush and let go of the current target; the next frame asks :attr:`open_target` again."""
         async with self._lock:
             target, self._target = self._target, None
+            self._displaced = False
             if target is not None:
                 await target.close(reason)

@@ -37,10 +37,12 @@ def make_settings(nats_url: str, data_dir: Path, **sections: dict[str, Any]) -> 
 
 
 @asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
+async def running_api(
+    settings: Settings, runtime: Any | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
     nc = await nats.connect(settings.nats.url)
     try:
-        services = await Services.open(settings, nc, run_worker=True)
+        services = await Services.open(settings, nc, runtime=runtime, run_worker=True)
         app = create_app(services)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -53,9 +55,9 @@ async def running_api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClie
 
 
 async def wait_done(
-    client: httpx.AsyncClient, job_id: str, timeout: float = 120.0
+    client: httpx.AsyncClient, job_id: str, limit_s: float = 120.0
 ) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         while True:
             response = await client.get(f"/v1/transcripts/{job_id}")
             assert response.status_code == 200, response.text

@@ -1,7 +1,7 @@
 """Transcripts built in code for the post-processing tests."""
 
 from protocol.frames import Word
-from protocol.transcript import Segment, Speaker, Transcript
+from protocol.transcript import Cited, Segment, Speaker, Summary, Transcript
 
 SECONDS_PER_CHAR = 0.06
 
@@ -79,3 +79,22 @@ MEETING_NAMES = {"a": "Alice", "b": "Bob", "c": "Carol"}
 
 def meeting() -> Transcript:
     return build(MEETING_LINES, MEETING_NAMES)
+
+
+def assert_cites_transcript(summary: Summary, t: Transcript) -> None:
+    segments = {s.id: s for s in t.segments}
+    items: list[Cited] = [
+        *summary.summary,
+        *summary.topics,
+        *summary.action_items,
+        *summary.decisions,
+    ]
+    assert items
+    for item in items:
+        assert item.segment_ids, item
+        cited = [
+            segments[i] for i in item.segment_ids
+        ]  # KeyError: cites a segment that is not there
+        assert item.start <= item.end
+        assert min(s.start for s in cited) - 1e-6 <= item.start
+        assert item.end <= max(s.end for s in cited) + 1e-6

@@ -5,16 +5,19 @@ import io
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 import srt
 import webvtt
 
+from pipeline.download import DownloadError, check_url, download
+from pipeline.jobs import JobKind
 from pipeline.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import make_settings, running_api, wait_done, wer
 from tests.conftest import librivox_files, librivox_reference
@@ -154,8 +157,10 @@ async def test_bad_input_gets_precise_errors_and_service_keeps_serving(
 ) -> None:
     wav = librivox_files()[1]
     mp3 = tmp_path / "speech.mp3"
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-b:a", "64k", str(mp3)], check=True
+    await asyncio.to_thread(
+        subprocess.run,
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-b:a", "64k", str(mp3)],
+        check=True,
     )
     truncated = mp3.read_bytes()[: mp3.stat().st_size // 3]
     (tmp_path / "site").mkdir()
@@ -189,6 +194,26 @@ async def test_bad_input_gets_precise_errors_and_service_keeps_serving(
         too_big = await _upload(client, "big.wav", b"\0" * 400_000)
         assert too_big.status_code == 413
         assert too_big.json()["error"]["code"] == "TOO_LARGE"
+
+        sent = 0
+
+        async def chunked_body() -> AsyncIterator[
+            bytes
+        ]:  # no Content-Length: counted as it streams
+            nonlocal sent
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+            for _ in range(200):
+                sent += 64 * 1024
+                yield b"\0" * (64 * 1024)
+            yield b"\r\n--b--\r\n"
+
+        streamed = await client.post(
+            "/v1/transcripts",
+            content=chunked_body(),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert (streamed.status_code, streamed.json()["error"]["code"]) == (413, "TOO_LARGE")
+        assert sent < 1024 * 1024  # refused after ~0.3 MB, not after reading all 12.8 MB
 
         services.settings.api.allow_private_urls = False
         for url in (
@@ -248,6 +273,9 @@ async def test_bad_input_gets_precise_errors_and_service_keeps_serving(
         ask = await client.post(f"/v1/transcripts/{unknown}/ask", json={"question": "who?"})
         assert ask.status_code == 404
 
+        js = services.store.js
+        await js.publish(services.store.work_subject(JobKind.BATCH), b"not json")
+        await js.publish(services.store.work_subject(JobKind.BATCH), b'{"id": "tr_gone"}')
         speech = librivox_files()[0]
         good = await _upload(client, speech.name, speech.read_bytes())
         body = await wait_done(client, good.json()["id"])
@@ -285,3 +313,27 @@ async def test_url_job_and_segment_retranscribe(nats_url: str, tmp_path: Path) -
         assert abs(same["start"] - segment["start"]) < 0.5
         missing = await client.post(f"/v1/transcripts/{job_id}/segments/nope/retranscribe")
         assert missing.status_code == 404
+
+
+async def test_download_caps_size_and_refuses_private_hosts(tmp_path: Path) -> None:
+    (tmp_path / "big.bin").write_bytes(b"x" * 50_000)
+    with file_server(tmp_path) as base:
+        assert len(await download(f"{base}/big.bin", 60_000, 5.0, allow_private=True)) == 50_000
+        with pytest.raises(DownloadError) as big:
+            await download(f"{base}/big.bin", 10_000, 5.0, allow_private=True)
+        assert big.value.code == "TOO_LARGE"
+        with pytest.raises(DownloadError) as private:
+            await download(f"{base}/big.bin", 60_000, 5.0, allow_private=False)
+        assert private.value.code == "FORBIDDEN_URL"
+        with pytest.raises(DownloadError) as missing:
+            await download(f"{base}/nope.bin", 60_000, 5.0, allow_private=True)
+        assert missing.value.code == "DOWNLOAD_FAILED"
+    for url in (
+        "http://localhost/a",
+        "http://[fe80::1]/a",
+        "http://[::ffff:127.0.0.1]/a",
+        "http://0.0.0.0/a",
+    ):
+        with pytest.raises(DownloadError) as refused:
+            await check_url(url, allow_private=False)
+        assert refused.value.code == "FORBIDDEN_URL", url

@@ -4,7 +4,6 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from sfu_bridge.janus import JanusClient
@@ -114,5 +113,3 @@ async def test_join_janus_reports_a_missing_room(tmp_path: Path, janus: JanusSer
         assert (
             await client.post("/v1/janus/join", json={"url": "ftp://x", "room": 1})
         ).status_code == 400
-    with pytest.raises(httpx.HTTPError):
-        await httpx.AsyncClient().get("http://127.0.0.1:9/")

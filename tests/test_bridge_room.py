@@ -8,6 +8,7 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 
+from pipeline.sink import CollectingSink
 from protocol import Subjects
 from sfu_bridge.nats_service import QUEUE_GROUP, BridgeNatsService
 from tests.bridge_peers import (
@@ -41,8 +42,8 @@ def stream_id_of(sdp: str, mid: str) -> str:
     )
 
 
-def text_of(sink: object, participant: str) -> str:
-    return " ".join(f.text for f in finals(sink, participant))  # type: ignore[arg-type]
+def text_of(sink: CollectingSink, participant: str) -> str:
+    return " ".join(f.text for f in finals(sink, participant))
 
 
 async def test_room_session_follows_joins_leaves_and_switches(tmp_path: Path) -> None:

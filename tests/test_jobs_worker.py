@@ -44,7 +44,13 @@ def _start_worker(nats_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "ROOMSCRIBE_POSTCALL__JOB_ACK_WAIT_S": "3",
         "ROOMSCRIBE_POSTCALL__WEBHOOK_SECRET": "kill-secret",
     }
-    return subprocess.Popen([sys.executable, "-m", "pipeline.worker"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def test_killed_worker_job_completes_once(nats_url: str, tmp_path: Path) -> None:
@@ -67,7 +73,7 @@ async def test_killed_worker_job_completes_once(nats_url: str, tmp_path: Path) -
 
             workers.append(_start_worker(nats_url, tmp_path))
             async with asyncio.timeout(60):
-                while (await store.get(record.id)).status != JobState.PROCESSING:
+                while (await store.get(record.id)).status != JobState.PROCESSING:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait(10)
@@ -76,7 +82,7 @@ async def test_killed_worker_job_completes_once(nats_url: str, tmp_path: Path) -
             assert interrupted.attempts == 1
 
             workers.append(_start_worker(nats_url, tmp_path))
-            done = await wait_for(store, record.id, timeout=120)
+            done = await wait_for(store, record.id, limit_s=120)
             assert done.status == JobState.COMPLETED, done.error
             assert done.attempts == 2
             assert done.progress == 100

@@ -9,8 +9,7 @@ from engines.llm import summarize_with
 from protocol.transcript import Transcript
 from tests.conftest import free_port
 from tests.fake_llm import FakeLLM, Reply, fake_llm
-from tests.meeting import meeting
-from tests.test_summarizer import assert_cites_transcript
+from tests.meeting import assert_cites_transcript, meeting
 
 
 @pytest.fixture
@@ -186,3 +185,12 @@ def test_no_llm_configured_means_embedded_without_a_reason(t: Transcript) -> Non
     s = summarize_with(t, Settings())
     assert s.generator == "embedded"
     assert s.fallback_reason is None
+
+
+def test_transcript_too_long_for_the_prompt_falls_back_without_a_call(
+    llm: FakeLLM, t: Transcript
+) -> None:
+    settings = llm.settings()
+    settings.postcall.llm_max_prompt_chars = 500
+    _assert_embedded_fallback(summarize_with(t, settings), "over llm_max_prompt_chars=500")
+    assert llm.requests == []

@@ -60,6 +60,16 @@ async def connect(url: str) -> Client:
     return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)  # type: ignore[arg-type]
 
 
+async def settle(nc: Client) -> None:
+    """Returns once the server has every command sent so far (subscriptions included).
+
+    nats-py writes the PING of ``flush()`` ahead of commands still in its buffer, so one
+    round trip can come back before a fresh SUB reached the server; the second cannot.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 @pytest.fixture
 async def client(nats_url: str) -> AsyncIterator[Client]:
     nc = await connect(nats_url)
@@ -152,7 +162,7 @@ def test_routing_of_every_frame_type() -> None:
 
 async def test_frames_arrive_on_encoded_subjects(nats_url: str, client: Client) -> None:
     sub = await client.subscribe(f"{SUBJECTS.prefix}.v1.>")
-    await client.flush()
+    await settle(client)
     room, participant = "standup.eu", "Zoë *"
     frames: list[AnyFrame] = [
         caption(0, room=room, participant=participant),
@@ -188,7 +198,7 @@ async def test_room_wildcard_matches_only_its_room(nats_url: str, client: Client
         await client.subscribe(SUBJECTS.room_captions(room), cb=_collect(received[room]))
     everything: list[Msg] = []
     await client.subscribe(f"{SUBJECTS.prefix}.v1.captions.>", cb=_collect(everything))
-    await client.flush()
+    await settle(client)
 
     async with NatsPublisher(nats_url, SUBJECTS) as publisher:
         seq = 0
@@ -197,7 +207,7 @@ async def test_room_wildcard_matches_only_its_room(nats_url: str, client: Client
                 publisher.emit(caption(seq, room=room, participant=participant))
                 seq += 1
         await eventually(lambda: len(everything) == seq)
-    await client.flush()
+    await settle(client)
 
     for room in ["a", "*", ">"]:
         got = [SUBJECTS.parse_captions(m.subject) for m in received[room]]

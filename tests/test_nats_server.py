@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client
 
 from config.settings import load_settings
 from pipeline.nats_server import (
@@ -14,6 +15,16 @@ from pipeline.nats_server import (
     ensure_nats,
     find_nats_server,
 )
+
+
+async def settle(nc: Client) -> None:
+    """Returns once the server has every command sent so far (subscriptions included).
+
+    nats-py writes the PING of ``flush()`` ahead of commands still in its buffer, so one
+    round trip can come back before a fresh SUB reached the server; the second cannot.
+    """
+    await nc.flush()
+    await nc.flush()
 
 
 def port_is_free(port: int) -> bool:
@@ -52,7 +63,7 @@ async def test_jetstream_websocket_and_clean_stop(tmp_path: Path) -> None:
 
         ws = await nats.connect(server.websocket_url)
         sub = await ws.subscribe("overlay.test")
-        await ws.flush()
+        await settle(ws)
         await nc.publish("overlay.test", b"over websocket")
         msg = await sub.next_msg(timeout=5)
         assert msg.data == b"over websocket"

@@ -129,3 +129,13 @@ def test_profanity_is_masked_keeping_the_first_letter() -> None:
     assert mask_profanity("What the fuck, this is bullshit. Shit happens, Scunthorpe.") == (
         "What the f***, this is b*******. S*** happens, Scunthorpe."
     )
+
+
+def test_transcript_profanity_is_masked_in_text_and_words() -> None:
+    t = build([("a", "This shitty build failed again, call 555 123 4567.")], {"a": "Alice"})
+    r = redact_transcript(t, ["phone"], profanity=True)
+    assert r.redacted == ["phone", "profanity"]
+    segment = r.segments[0]
+    assert segment.text == "This s***** build failed again, call [PHONE]."
+    assert " ".join(w.word.strip() for w in segment.words) == segment.text
+    assert redact_transcript(t, ["phone"]).segments[0].text.startswith("This shitty")

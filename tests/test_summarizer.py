@@ -1,25 +1,6 @@
 from engines.summarizer import split_sentences, summarize
-from protocol.transcript import Cited, Summary, Transcript
-from tests.meeting import build, meeting
-
-
-def assert_cites_transcript(summary: Summary, t: Transcript) -> None:
-    segments = {s.id: s for s in t.segments}
-    items: list[Cited] = [
-        *summary.summary,
-        *summary.topics,
-        *summary.action_items,
-        *summary.decisions,
-    ]
-    assert items
-    for item in items:
-        assert item.segment_ids, item
-        cited = [
-            segments[i] for i in item.segment_ids
-        ]  # KeyError: cites a segment that is not there
-        assert item.start <= item.end
-        assert min(s.start for s in cited) - 1e-6 <= item.start
-        assert item.end <= max(s.end for s in cited) + 1e-6
+from protocol.transcript import Summary, Transcript
+from tests.meeting import assert_cites_transcript, build, meeting
 
 
 def test_meeting_summary_finds_actions_decisions_and_topics() -> None:

@@ -11,9 +11,9 @@ from pipeline.call import CallSession
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
 from protocol import CaptionFrame
+from tests.conftest import read_wav16
 from tests.live_helpers import live_engine
 from tests.pyannote_sample import pyannote_sample, read_rttm
-from tests.conftest import read_wav16
 
 ONLY = {
     "diane": {"diane", "beep", "jersey", "didn't", "also", "though"},

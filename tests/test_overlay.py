@@ -1,0 +1,160 @@
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from api.overlay import overlay_router
+from config.settings import load_settings
+from pipeline.nats_server import EmbeddedNats
+from protocol import CaptionFrame, Subjects, Word, encode_token
+from tests.browser import chromium_binary, open_page
+from tests.conftest import free_port
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+LINES = """[...document.querySelectorAll('#captions .line')].map(l => ({
+  who: l.querySelector('.who').textContent, text: l.querySelector('.text').textContent,
+  final: l.classList.contains('final')}))"""
+
+
+def overlay_app(nats_websocket_url: str | None, prefix: str = "roomscribe") -> FastAPI:
+    app = FastAPI()
+    settings = load_settings(nats={"subject_prefix": prefix})
+    app.include_router(overlay_router(settings, nats_websocket_url))
+    return app
+
+
+async def test_page_and_bundle_are_served() -> None:
+    app = overlay_app("ws://127.0.0.1:4223/</script><script>alert(1)</script>", prefix="acme.tv")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        page = await c.get("/overlay", params={"room": "standup"})
+        script = await c.get("/overlay/overlay.js")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="overlay/overlay.js">' in page.text
+    config_text = page.text.split('type="application/json">', 1)[1].split("</script>", 1)[0]
+    config = json.loads(config_text)
+    assert config == {
+        "natsUrl": "ws://127.0.0.1:4223/</script><script>alert(1)</script>",
+        "prefix": "acme.tv",
+    }
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.content == (WEB / "static" / "overlay.js").read_bytes()
+    assert b".v1.captions." in script.content and b"wsconnect" not in script.content[:0]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_js_subject_tokens_match_python() -> None:
+    ids = ["standup", "team.eu", "Zoë Li", "*", ">", "~", "中文", "a b/c\\d", "emoji 🎉", "A-z_09"]
+    script = (
+        "import { encodeToken } from './src/subjects.js';"
+        f"console.log(JSON.stringify({json.dumps(ids)}.map(encodeToken)));"
+    )
+    out = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out) == [encode_token(i) for i in ids]
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(750):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def caption(kind: str, segment: str, rev: int, text: str, room: str = "team.eu") -> CaptionFrame:
+    words = [Word(word=w, start=rev, end=rev + 0.3, confidence=0.9) for w in text.split()]
+    return CaptionFrame(
+        type=kind,  # type: ignore[arg-type]
+        room=room,
+        participant="zoe",
+        name="Zoë Li",
+        segment_id=segment,
+        rev=rev,
+        seq=rev,
+        start=0.0,
+        end=2.0,
+        text=text,
+        words=words if kind == "final" else [],
+        model="test",
+        stable_chars=5 if kind == "partial" else 0,
+    )
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="Debian chromium is not installed")
+async def test_overlay_in_chromium_shows_speaker_and_final_text(tmp_path: Path) -> None:
+    subjects = Subjects()
+    async with (
+        EmbeddedNats(tmp_path) as server,
+        serve(overlay_app(server.websocket_url)) as base,
+    ):
+        nc = await nats.connect(server.url)
+        try:
+            url = f"{base}/overlay?room=team.eu&lines=3&font=40&position=bottom"
+            async with open_page(chromium_binary() or "", url) as page:
+                state = "document.body && document.body.dataset.state === 'connected'"
+                await page.wait_for(state)
+
+                async def publish(frame: CaptionFrame) -> None:
+                    subject = subjects.captions(frame.room, frame.participant)
+                    await nc.publish(subject, frame.model_dump_json().encode())
+                    await nc.flush()
+
+                await publish(caption("partial", "s1", 0, "hello wor"))
+                await publish(caption("partial", "s1", 1, "hello world this"))
+                await publish(caption("partial", "s1", 0, "hello wor"))  # older revision
+                await publish(caption("final", "other", 3, "wrong room", room="team"))
+                lines = await page.wait_for(
+                    f"(() => {{ const l = {LINES}; return l.length && l[0].text === 'hello world this' && l; }})()"
+                )
+                assert lines == [{"who": "Zoë Li", "text": "hello world this", "final": False}]
+
+                await publish(caption("final", "s1", 2, "Hello world, this is Zoë."))
+                await publish(caption("partial", "s1", 1, "hello world this"))  # late duplicate
+                await publish(caption("final", "s2", 0, "Second line."))
+                await publish(caption("partial", "s3", 0, "third"))
+                await publish(caption("final", "s3", 1, ""))  # noise: the line goes away
+                lines = await page.wait_for(
+                    f"(() => {{ const l = {LINES}; return l.length === 2 && l; }})()"
+                )
+                await asyncio.sleep(0.3)
+                lines = await page.evaluate(LINES)
+                assert lines == [
+                    {"who": "Zoë Li", "text": "Hello world, this is Zoë.", "final": True},
+                    {"who": "Zoë Li", "text": "Second line.", "final": True},
+                ]
+                await publish(caption("final", "s4", 0, "Fourth."))
+                await publish(caption("final", "s5", 0, "Fifth."))
+                texts = await page.wait_for(
+                    f"(() => {{ const l = {LINES}.map(x => x.text); return l.includes('Fifth.') && l; }})()"
+                )
+                assert texts == ["Second line.", "Fourth.", "Fifth."]
+                style = await page.evaluate(
+                    "getComputedStyle(document.querySelector('.line')).fontSize"
+                )
+                assert style == "40px"
+        finally:
+            await nc.close()
+    assert encode_token("team.eu") == "team~2Eeu"
