@@ -35,7 +35,8 @@ code                          close code   when
 ``INTERNAL``                  1011         the server failed
 ============================  ===========  ==============================================
 
-A normal end closes with 1000.
+A normal end closes with 1000. Error frames that carry ``room`` and ``participant`` (the
+NATS error frames, e.g. ``STREAM_OVERLOADED``) only inform: the session goes on.
 """
 
 import asyncio

@@ -1,22 +1,29 @@
 """The caption overlay: ``GET /overlay?room=<room>`` (an OBS browser source, for instance).
 
 The page subscribes to ``<prefix>.v1.captions.<room>.>`` straight through the NATS WebSocket
-listener; the API only serves the page and its built script (``web/static/overlay.js``,
-built from ``web/src`` with ``npm run build`` and kept in the repository). The NATS
-subscription is not authenticated: whoever reaches the WebSocket listener can read every
-room's captions, so expose that port only where that is acceptable. Style options are query
-parameters of the page (see ``web/src/overlay.js``).
+listener; the API serves the page, its built script (``web/static/overlay.js``, built from
+``web/src`` with ``npm run build`` and kept in the repository) and, with the embedded NATS
+server, read-only credentials for one room: ``POST /v1/rooms/{room}/overlay-token`` answers
+an ``overlay_url`` that carries them (see :mod:`api.overlay_credentials`). With your own
+NATS server (``nats.url``) the overlay connects as that server allows, e.g. anonymously, or
+with ``user``/``pass`` query parameters of the page. Style options are query parameters of
+the page too (see ``web/src/overlay.js``).
 """
 
+import hmac
 import json
 from importlib.resources import files
+from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from api.errors import ApiError
+from api.overlay_credentials import OverlayCredentials
 from config.settings import Settings
 from protocol.errors import ErrorCode
+from protocol.subjects import InvalidIdError
 
 _WEB = files("web")
 
@@ -28,16 +35,36 @@ def page_html(prefix: str, nats_websocket_url: str | None) -> str:
     return _WEB.joinpath("overlay.html").read_text("utf-8").replace("{{CONFIG}}", safe)
 
 
-def overlay_router(settings: Settings, nats_websocket_url: str | None) -> APIRouter:
+def _check_bearer(request: Request, api_keys: list[str]) -> None:
+    if not api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in api_keys):
+        raise ApiError(
+            401,
+            ErrorCode.UNAUTHORIZED,
+            "missing or unknown API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def overlay_router(
+    settings: Settings,
+    nats_websocket_url: str | None,
+    credentials: OverlayCredentials | None = None,
+) -> APIRouter:
     """``nats_websocket_url`` is what browsers connect to (e.g. the embedded server's
-    ``websocket_url``); None makes the page require a ``nats`` query parameter."""
+    ``websocket_url``; None makes the page require a ``nats`` query parameter);
+    ``credentials`` issues room-scoped NATS users (None: no overlay tokens)."""
     router = APIRouter(tags=["overlay"])
     html = page_html(settings.nats.subject_prefix, nats_websocket_url)
 
     @router.get("/overlay", response_class=HTMLResponse)
     async def overlay_page() -> HTMLResponse:
-        """Query: ``room`` (required), ``nats``, ``font``, ``lines``, ``position`` (top or
-        bottom), ``bg`` (``transparent`` or a CSS color), ``color``, ``fade`` (seconds)."""
+        """Query: ``room`` (required), ``user`` and ``pass`` (from an overlay token),
+        ``nats``, ``font``, ``lines``, ``position`` (top or bottom), ``bg``
+        (``transparent`` or a CSS color), ``color``, ``fade`` (seconds)."""
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
     @router.get("/overlay/overlay.js", include_in_schema=False)
@@ -54,5 +81,30 @@ def overlay_router(settings: Settings, nats_websocket_url: str | None) -> APIRou
             media_type="text/javascript; charset=utf-8",
             headers={"Cache-Control": "no-cache"},
         )
+
+    @router.post("/v1/rooms/{room:path}/overlay-token")
+    async def overlay_token(room: str, request: Request) -> dict[str, Any]:
+        """Read-only NATS credentials for one room's captions, and the overlay URL with them."""
+        _check_bearer(request, settings.api.api_keys)
+        if credentials is None or not credentials.ready:
+            raise ApiError(
+                501,
+                ErrorCode.INVALID_REQUEST,
+                "overlay tokens need the embedded NATS server with overlay.auth on",
+            )
+        try:
+            issued = await credentials.issue(room)
+        except InvalidIdError as exc:
+            raise ApiError(400, ErrorCode.INVALID_REQUEST, str(exc)) from exc
+        query = urlencode({"room": room, "user": issued.user, "pass": issued.password})
+        return {
+            "room": room,
+            "user": issued.user,
+            "password": issued.password,
+            "expires_at": issued.expires_at,
+            "subject": credentials.subjects.room_captions(room),
+            "nats_url": nats_websocket_url,
+            "overlay_url": f"/overlay?{query}",
+        }
 
     return router

@@ -22,7 +22,7 @@ class Services:
     routers: list[APIRouter] = field(default_factory=list)
     run_worker: bool = False
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
-    _running: list[Any] = field(default_factory=list)
+    _running: list[Any] = field(default_factory=list, init=False, repr=False)
 
     @classmethod
     async def open(

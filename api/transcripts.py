@@ -203,11 +203,8 @@ def _form_options(fields: dict[str, str]) -> TranscriptOptions:
     data: dict[str, Any] = {key: value for key, value in fields.items() if value != ""}
     pii = data.get("redact_pii")
     if isinstance(pii, str) and pii.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        data["redact_pii"] = (
-            json.loads(pii)
-            if pii.startswith("[")
-            else [k.strip() for k in pii.split(",") if k.strip()]
-        )
+        # a form field: "email,phone" or '["email", "phone"]'
+        data["redact_pii"] = [k.strip(' "[]') for k in pii.split(",") if k.strip(' "[]')]
     try:
         return TranscriptOptions.model_validate(data)
     except ValidationError as exc:

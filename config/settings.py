@@ -83,6 +83,17 @@ class LimitsSettings(BaseModel):
     )
 
 
+class OverlaySettings(BaseModel):
+    """The caption overlay page and its NATS credentials."""
+
+    auth: bool = Field(
+        default=True,
+        description="embedded NATS: WebSocket clients need a room-scoped token from "
+        "POST /v1/rooms/{room}/overlay-token",
+    )
+    token_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="overlay token lifetime")
+
+
 class PostCallSettings(BaseModel):
     model: str = "whisper-base"
     run_worker: bool = True
@@ -123,6 +134,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     postcall: PostCallSettings = Field(default_factory=PostCallSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    overlay: OverlaySettings = Field(default_factory=OverlaySettings)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

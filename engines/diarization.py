@@ -16,7 +16,13 @@ import numpy as np
 import onnxruntime as ort
 import sherpa_onnx
 
-from engines.base import SAMPLE_RATE, InvalidAudioError, ModelNotFoundError, as_float32
+from engines.base import (
+    SAMPLE_RATE,
+    EngineError,
+    InvalidAudioError,
+    ModelNotFoundError,
+    as_float32,
+)
 
 SEGMENTATION_FILE = "segmentation.onnx"
 EMBEDDING_FILE = "embedding.onnx"
@@ -51,6 +57,14 @@ class ModelDirError(ModelNotFoundError):
         super().__init__("diarization", f"{problem} in {model_dir}; run `{PREPARE_COMMAND}`")
         self.model_dir = model_dir
         self.problem = problem
+
+
+class InvalidSpeakerCountError(EngineError, ValueError):
+    code = "INVALID_REQUEST"
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"speakers_expected must be at least 1, got {count}")
+        self.count = count
 
 
 def default_model_dir(data_dir: Path) -> Path:
@@ -149,12 +163,12 @@ class Diarizer:
         speakers are those the segmentation model tells apart in that window. Audio shorter
         than half a second has no turns.
 
-        ``samples``: 16 kHz mono float32 (or int16 / s16le bytes). Blocks for roughly a tenth
+        ``samples``: 16 kHz mono float32 (or int16 / s16le bytes). Blocks for a good fraction
         of the audio's duration: call it from a worker thread, not an event loop.
         ``on_progress`` gets the fraction done (0..1), on the calling thread.
         """
         if speakers_expected is not None and speakers_expected < 1:
-            raise ValueError(f"speakers_expected must be >= 1, got {speakers_expected}")
+            raise InvalidSpeakerCountError(speakers_expected)
         audio = np.ascontiguousarray(as_float32(samples))
         if not np.isfinite(audio).all():
             raise InvalidAudioError("audio holds NaN or infinite samples")

@@ -6,10 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import _LANGUAGE_CODES as _LANGUAGES
 
 from engines.base import SAMPLE_RATE, EngineError, RecognizedWord, as_float32
 
 DEFAULT_MODEL = "whisper-base"
+
+
+class UnsupportedLanguageError(EngineError):
+    code = "INVALID_REQUEST"
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,6 @@ class WhisperBatch:
     """A loaded faster-whisper model. ``transcribe`` blocks: call it from a worker thread."""
 
     def __init__(self, name: str, path: Path, threads: int = 0) -> None:
-        from faster_whisper import WhisperModel
-
         self.name = name
         self.path = path
         try:
@@ -60,6 +64,8 @@ class WhisperBatch:
         duration = audio.size / SAMPLE_RATE
         if audio.size == 0:
             return BatchResult([], language, 0.0, self.name)
+        if language is not None and self._model.model.is_multilingual and language not in _LANGUAGES:
+            raise UnsupportedLanguageError(f"model {self.name!r} does not know language {language!r}")
         with self._lock:
             pieces, info = self._model.transcribe(
                 audio,

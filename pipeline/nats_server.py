@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -82,8 +83,10 @@ class EmbeddedNats:
         binary: Path | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
+        include: str | None = None,
     ) -> None:
         self.directory = Path(data_dir).absolute() / "nats"
+        self.include = include  # a file in ``directory`` (nats-server resolves includes there)
         self.host = host
         self.port = port
         self.websocket_port = websocket_port
@@ -140,6 +143,8 @@ class EmbeddedNats:
         ]
         if self.monitor_port is not None:
             lines.append(f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}")
+        if self.include is not None:
+            lines.append(f"include {json.dumps(self.include)}")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     async def start(self) -> None:
@@ -173,6 +178,11 @@ class EmbeddedNats:
         log.info(
             "nats-server %s on %s (websocket %s)", self._proc.pid, self.url, self.websocket_url
         )
+
+    def reload(self) -> None:
+        """Re-read the config and its include without a restart (SIGHUP)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
 
     async def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -258,7 +268,9 @@ class EmbeddedNats:
         await self.stop()
 
 
-async def ensure_nats(settings: Settings) -> tuple[str, EmbeddedNats | None]:
+async def ensure_nats(
+    settings: Settings, include: str | None = None
+) -> tuple[str, EmbeddedNats | None]:
     """The NATS URL to use: ``settings.nats.url`` when set, else a started embedded server.
 
     The caller owns the returned server and must ``await server.stop()`` when done.
@@ -271,6 +283,7 @@ async def ensure_nats(settings: Settings) -> tuple[str, EmbeddedNats | None]:
         websocket_port=settings.nats.embedded_websocket_port,
         host=settings.nats.embedded_host,
         monitor_port=settings.nats.embedded_monitor_port,
+        include=include,
     )
     await server.start()
     return server.url, server

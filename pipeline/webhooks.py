@@ -27,7 +27,14 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from pydantic import BaseModel, Field
 
 from config.settings import PostCallSettings
@@ -37,6 +44,7 @@ from pipeline.tasks import spawn
 log = logging.getLogger("roomscribe.webhooks")
 
 SIGNATURE_HEADER = "X-Roomscribe-Signature"
+_MAX_MSGS_PER_SUBJECT = 10077  # JSStreamStoreFailedF: the per-subject limit refused a second message
 
 
 class EventType(StrEnum):
@@ -109,7 +117,7 @@ class Notifier:
         self.js = nc.jetstream()
         self.prefix = prefix
         self.stream = f"{bucket_base(prefix).upper()}_WEBHOOKS"
-        self.deliver_subject = f"{prefix}.v1.webhooks.deliver"
+        self.deliver_subjects = f"{prefix}.v1.webhooks.deliver.>"
         self.kv = kv
 
     @classmethod
@@ -125,6 +133,9 @@ class Notifier:
                     subjects=[f"{prefix}.v1.webhooks.>"],
                     retention=RetentionPolicy.WORK_QUEUE,
                     storage=StorageType.FILE,
+                    max_msgs_per_subject=1,
+                    discard=DiscardPolicy.NEW,
+                    discard_new_per_subject=True,
                 )
             )
         return notifier
@@ -153,7 +164,14 @@ class Notifier:
         return True
 
     async def queue(self, key: str) -> None:
-        await self.js.publish(self.deliver_subject, key.encode(), stream=self.stream)
+        """Queue one delivery; a no-op while a message for it is already queued."""
+        try:
+            await self.js.publish(
+                f"{self.prefix}.v1.webhooks.deliver.{key}", key.encode(), stream=self.stream
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _MAX_MSGS_PER_SUBJECT:
+                raise
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
         try:
@@ -194,7 +212,7 @@ class WebhookDispatcher:
         await self._requeue_pending()
         js = self.notifier.js
         self._sub = await js.pull_subscribe(
-            self.notifier.deliver_subject,
+            self.notifier.deliver_subjects,
             durable=self.durable,
             stream=self.notifier.stream,
             config=ConsumerConfig(

@@ -100,7 +100,11 @@ async def join_janus(settings: Settings, url: str, room: int) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         print(f"joined Janus room {room}; publishing captions on {url_nats}", flush=True)
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        closed = asyncio.ensure_future(session.wait_closed())
+        await asyncio.wait({stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopped, closed):
+            waiter.cancel()
         await session.leave()
     finally:
         await runtime.aclose()

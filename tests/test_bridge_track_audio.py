@@ -102,3 +102,51 @@ async def test_drain_reads_until_the_track_ends() -> None:
     track = ScriptedTrack([0, 960, 1920])
     await asyncio.wait_for(drain(track), 5)
     assert track.readyState == "ended"
+
+
+class GatedTrack(ScriptedTrack):
+    """Sends ``first`` frames, waits for :attr:`gate`, then sends the rest."""
+
+    def __init__(self, pts: list[int], first: int) -> None:
+        super().__init__(pts)
+        self.first = first
+        self.sent = 0
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.sent == self.first:
+            self.held.set()
+            await self.gate.wait()
+        self.sent += 1
+        return await super().recv()
+
+
+async def test_newer_track_of_a_participant_displaces_the_older(tmp_path: Path) -> None:
+    runtime = await LiveRuntime.create(
+        bridge_settings(tmp_path), CollectingSink(), engine=live_engine()
+    )
+    room = CallRoom(runtime, "r", idle_timeout_s=30)
+    try:
+        old = GatedTrack([i * 960 for i in range(20)], first=10)
+        old_feed = TrackFeed(old, open_target=lambda: room.open(Speaker("p1")))
+        running = asyncio.create_task(old_feed.run())
+        await old.held.wait()
+        new = GatedTrack([i * 960 for i in range(50)], first=25)
+        new_feed = TrackFeed(new, open_target=lambda: room.open(Speaker("p1")))
+        newer = asyncio.create_task(new_feed.run())
+        await new.held.wait()
+        assert room.call is not None
+        stream = room.call.participants["p1"]
+        old.gate.set()
+        await running  # the old track ends without taking p1 back or closing the new stream
+        assert room.call.participants["p1"] is stream
+        new.gate.set()
+        await newer
+        record = await room.end("ended")
+        assert record is not None
+        seconds = [read_wav16(record.directory / p.file).size / 16000 for p in record.participants]
+        assert [round(s, 1) for s in seconds] == [0.2, 1.0], seconds
+    finally:
+        await room.end("ended")
+        await runtime.aclose()

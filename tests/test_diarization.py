@@ -15,6 +15,7 @@ from engines.diarization import (
     PREPARE_COMMAND,
     SEGMENTATION_FILE,
     Diarizer,
+    InvalidSpeakerCountError,
     ModelDirError,
     Turn,
     assign_words,
@@ -201,8 +202,9 @@ def test_bad_audio_is_rejected(diarizer: Diarizer, sample_audio: np.ndarray) -> 
         diarizer.diarize(np.zeros((2, 16000), dtype=np.float32))
     with pytest.raises(InvalidAudioError, match="odd byte count"):
         diarizer.diarize(b"\x00\x01\x02")
-    with pytest.raises(ValueError, match="speakers_expected"):
+    with pytest.raises(InvalidSpeakerCountError, match="speakers_expected") as info:
         diarizer.diarize(sample_audio, speakers_expected=0)
+    assert info.value.code == "INVALID_REQUEST"
     # The diarizer still works after rejecting input.
     assert diarizer.diarize(sample_audio[6 * 16000 : 12 * 16000])
 

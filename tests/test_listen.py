@@ -1,6 +1,7 @@
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -130,8 +131,13 @@ async def test_disconnect_mid_stream_still_saves_the_transcript(
 async def test_bad_input_gets_a_precise_error_and_the_service_goes_on(
     nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
 ) -> None:
-    start16 = {"type": "start", "sample_rate": 16000, "channels": 1, "encoding": "pcm_s16le"}
-    cases = [
+    start16: dict[str, Any] = {
+        "type": "start",
+        "sample_rate": 16000,
+        "channels": 1,
+        "encoding": "pcm_s16le",
+    }
+    cases: list[tuple[Any, Any, str, int, str]] = [
         (b"\x00\x01" * 100, None, "PROTOCOL", 1008, "binary audio before the start"),
         (
             {**start16, "encoding": "opus"},

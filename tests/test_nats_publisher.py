@@ -57,7 +57,7 @@ async def eventually(predicate: Callable[[], bool], within: float = 15.0) -> Non
 
 
 async def connect(url: str) -> Client:
-    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)  # type: ignore[arg-type]
+    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
 
 
 async def settle(nc: Client) -> None:
@@ -207,6 +207,7 @@ async def test_room_wildcard_matches_only_its_room(nats_url: str, client: Client
                 publisher.emit(caption(seq, room=room, participant=participant))
                 seq += 1
         await eventually(lambda: len(everything) == seq)
+        await eventually(lambda: all(len(received[room]) >= 2 for room in received))
     await settle(client)
 
     for room in ["a", "*", ">"]:

@@ -12,7 +12,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from api.errors import install_error_handlers
 from api.overlay import overlay_router
+from api.overlay_credentials import OverlayCredentials
 from config.settings import load_settings
 from pipeline.nats_server import EmbeddedNats
 from protocol import CaptionFrame, Subjects, Word, encode_token
@@ -25,11 +27,32 @@ LINES = """[...document.querySelectorAll('#captions .line')].map(l => ({
   final: l.classList.contains('final')}))"""
 
 
-def overlay_app(nats_websocket_url: str | None, prefix: str = "roomscribe") -> FastAPI:
+def overlay_app(
+    nats_websocket_url: str | None,
+    prefix: str = "roomscribe",
+    credentials: OverlayCredentials | None = None,
+    api_keys: list[str] | None = None,
+) -> FastAPI:
     app = FastAPI()
-    settings = load_settings(nats={"subject_prefix": prefix})
-    app.include_router(overlay_router(settings, nats_websocket_url))
+    install_error_handlers(app)
+    settings = load_settings(nats={"subject_prefix": prefix}, api={"api_keys": api_keys or []})
+    app.include_router(overlay_router(settings, nats_websocket_url, credentials))
     return app
+
+
+@asynccontextmanager
+async def scoped_nats(
+    data_dir: Path, ttl_s: float = 3600
+) -> AsyncIterator[tuple[EmbeddedNats, OverlayCredentials]]:
+    """The embedded server with overlay users, as the service runs it."""
+    credentials = OverlayCredentials.for_data_dir(data_dir, Subjects(), ttl_s)
+    credentials.write()
+    async with EmbeddedNats(data_dir, include=OverlayCredentials.FILE) as server:
+        credentials.attach(server)
+        try:
+            yield server, credentials
+        finally:
+            await credentials.aclose()
 
 
 async def test_page_and_bundle_are_served() -> None:
@@ -107,13 +130,21 @@ def caption(kind: str, segment: str, rev: int, text: str, room: str = "team.eu")
 async def test_overlay_in_chromium_shows_speaker_and_final_text(tmp_path: Path) -> None:
     subjects = Subjects()
     async with (
-        EmbeddedNats(tmp_path) as server,
-        serve(overlay_app(server.websocket_url)) as base,
+        scoped_nats(tmp_path) as (server, credentials),
+        serve(overlay_app(server.websocket_url, credentials=credentials)) as base,
     ):
         nc = await nats.connect(server.url)
         try:
-            url = f"{base}/overlay?room=team.eu&lines=3&font=40&position=bottom"
-            async with open_page(chromium_binary() or "", url) as page:
+            async with httpx.AsyncClient(base_url=base) as client:
+                issued = (await client.post("/v1/rooms/team.eu/overlay-token")).json()
+            url = f"{base}{issued['overlay_url']}&lines=3&font=40&position=bottom"
+            async with (
+                open_page(chromium_binary() or "", f"{base}/overlay?room=team.eu") as anonymous,
+                open_page(chromium_binary() or "", url) as page,
+            ):
+                await anonymous.wait_for("document.body && document.body.dataset.state === 'error'")
+                status = await anonymous.evaluate("document.getElementById('status').textContent")
+                assert "captions stopped" in status, status
                 state = "document.body && document.body.dataset.state === 'connected'"
                 await page.wait_for(state)
 

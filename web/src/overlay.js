@@ -1,6 +1,7 @@
 // Caption overlay: subscribes to one room's caption frames through the NATS WebSocket
 // listener and draws them. Options come from the page URL:
 //   room      room id (required)
+//   user/pass read-only NATS credentials (POST /v1/rooms/{room}/overlay-token gives them)
 //   nats      ws:// or wss:// URL of the NATS WebSocket listener (default: the server's)
 //   font      font size in px (36)          lines     lines on screen (3)
 //   position  "bottom" or "top"             bg        "transparent" (OBS) or a CSS color
@@ -48,7 +49,7 @@ async function main() {
     name: "roomscribe-overlay",
     waitOnFirstConnect: true,
     maxReconnectAttempts: -1,
-    ...(config.auth || {}),
+    ...(params.get("user") ? { user: params.get("user"), pass: params.get("pass") || "" } : {}),
   });
   (async () => {
     for await (const status of nc.status()) {
