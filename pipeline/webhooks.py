@@ -3,7 +3,8 @@
 An event is sent at most once per (job id, event type): the first :meth:`Notifier.notify`
 creates the delivery record in KV bucket ``<base>_webhooks`` (key ``<job id>.<event type>``)
 and any later call for the same pair is a no-op. Deliveries are queued on the work-queue
-stream ``<BASE>_WEBHOOKS`` (subject ``<prefix>.v1.webhooks.deliver``) and retried with
+stream ``<BASE>_WEBHOOKS`` (subject ``<prefix>.v1.webhooks.deliver.<key>``, at most one
+message per subject, so a delivery is never queued twice) and retried with
 exponential backoff and full jitter until ``webhook_max_attempts``; the KV record is the
 delivery log. On start the dispatcher re-queues every record still pending, so a delivery
 survives a restart at any point.
@@ -44,7 +45,7 @@ from pipeline.tasks import spawn
 log = logging.getLogger("roomscribe.webhooks")
 
 SIGNATURE_HEADER = "X-Roomscribe-Signature"
-_MAX_MSGS_PER_SUBJECT = 10077  # JSStreamStoreFailedF: the per-subject limit refused a second message
+_MAX_MSGS_PER_SUBJECT = 10077  # "maximum messages per subject exceeded"
 
 
 class EventType(StrEnum):

@@ -78,9 +78,10 @@ def _cmd_models(args: argparse.Namespace) -> None:
         pulled = models.pull(args.name, settings.data_dir, base_url=args.base_url)
         print(f"{pulled.name}: {pulled.kind} at {pulled.path} ({pulled.size_bytes / 1e6:.1f} MB)")
     elif args.models_command == "prepare":
+        from engines.diarization import default_model_dir
         from engines.diarization_export import prepare_diarization
 
-        path = prepare_diarization(settings.data_dir / "models" / "diarization")
+        path = prepare_diarization(default_model_dir(settings.data_dir))
         print(f"diarization models ready in {path}")
 
 

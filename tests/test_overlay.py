@@ -11,6 +11,7 @@ import nats
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from nats.aio.msg import Msg
 
 from api.errors import install_error_handlers
 from api.overlay import overlay_router
@@ -189,3 +190,81 @@ async def test_overlay_in_chromium_shows_speaker_and_final_text(tmp_path: Path) 
         finally:
             await nc.close()
     assert encode_token("team.eu") == "team~2Eeu"
+
+
+async def test_overlay_tokens_are_read_only_scoped_to_one_room_and_expire(tmp_path: Path) -> None:
+    subjects = Subjects()
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    async with scoped_nats(tmp_path, ttl_s=4) as (server, credentials):
+        app = overlay_app(server.websocket_url, credentials=credentials, api_keys=["k"])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.post("/v1/rooms/team.eu/overlay-token")).status_code == 401
+            bearer = {"Authorization": "Bearer k"}
+            response = await client.post("/v1/rooms/team.eu/overlay-token", headers=bearer)
+            too_long = await client.post(f"/v1/rooms/{'x' * 300}/overlay-token", headers=bearer)
+        assert response.status_code == 200, response.text
+        assert too_long.status_code == 400
+        issued = response.json()
+        assert issued["subject"] == "roomscribe.v1.captions.team~2Eeu.>"
+        assert issued["nats_url"] == server.websocket_url
+
+        service = await nats.connect(server.url)  # the service itself: no credentials
+        await service.jetstream().account_info()
+        with pytest.raises(Exception, match="Authorization"):
+            await nats.connect(server.websocket_url, allow_reconnect=False, error_cb=on_error)
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        overlay = await nats.connect(
+            server.websocket_url,
+            user=issued["user"],
+            password=issued["password"],
+            allow_reconnect=False,
+            error_cb=on_error,
+            closed_cb=on_closed,
+        )
+        got: list[str] = []
+
+        async def collect(msg: Msg) -> None:
+            got.append(msg.subject)
+
+        await overlay.subscribe(subjects.room_captions("team.eu"), cb=collect)
+        await overlay.subscribe(subjects.room_captions("team"), cb=collect)
+        await overlay.publish(subjects.captions("team.eu", "mallory"), b"{}")
+        await overlay.flush()
+        await service.publish(subjects.captions("team.eu", "zoe"), b"{}")
+        await service.publish(subjects.captions("team", "zoe"), b"{}")
+        await service.flush()
+        await asyncio.sleep(0.3)
+        assert got == [subjects.captions("team.eu", "zoe")]
+        messages = " ".join(str(e) for e in errors)
+        assert "permissions violation for subscription" in messages
+        assert "permissions violation for publish" in messages
+
+        async with asyncio.timeout(10):
+            await closed.wait()  # expired: the reload disconnected it
+        with pytest.raises(Exception, match="Authorization"):
+            await nats.connect(
+                server.websocket_url,
+                user=issued["user"],
+                password=issued["password"],
+                allow_reconnect=False,
+                error_cb=on_error,
+            )
+        assert credentials.users == []
+        await service.close()
+
+
+async def test_overlay_token_needs_the_embedded_server() -> None:
+    app = overlay_app("ws://nats.example:443", credentials=None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        response = await c.post("/v1/rooms/standup/overlay-token")
+    assert response.status_code == 501
+    assert "embedded NATS" in response.json()["error"]["message"]

@@ -119,6 +119,8 @@ async def test_pending_delivery_survives_a_restart(nc: NatsClient, nats_url: str
     with webhook_receiver() as receiver:
         # queued while no dispatcher runs, then the queue message is lost: only the KV record is left
         await notifier.notify("tr_4", EventType.CALL_ENDED, {"call_id": "c1"}, receiver.url)
+        await notifier.queue("tr_4.call.ended")  # already queued: not queued twice
+        assert (await nc.jetstream().stream_info(notifier.stream)).state.messages == 1
         await nc.jetstream().purge_stream(notifier.stream)
         other = await nats.connect(nats_url)
         try:
