@@ -27,7 +27,8 @@ code                          close code   when
 ``PROTOCOL``                  1008         binary before start, non-JSON text, unknown
                                            message type, no start within the idle timeout
 ``INVALID_CONFIG``            1003         malformed start, unsupported encoding, sample
-                                           rate or channel count; participant in use
+                                           rate, channel count or language (1008: the room's
+                                           participant id is already streaming)
 ``MAX_DURATION_REACHED``      4002         ``limits.max_stream_s`` of audio or wall clock:
                                            sent first, then the finals and ``completed``
 (no error frame)              4003         no audio for ``limits.idle_timeout_s``:
@@ -318,6 +319,15 @@ class ListenSession:
             self.outbox.put(frame.model_dump_json())
 
     async def run(self) -> None:
+        languages = self.runtime.engine.info.languages
+        language = self.start.language
+        if language and "*" not in languages and language not in languages:
+            raise Refusal(
+                ErrorCode.INVALID_CONFIG,
+                f"language {language!r} is not recognized by the live model "
+                f"{self.runtime.engine.info.name} ({', '.join(languages)})",
+                CLOSE_UNSUPPORTED,
+            )
         if not self.tap.attach(self.room, self.participant, self._route):
             raise Refusal(
                 ErrorCode.INVALID_CONFIG,

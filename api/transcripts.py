@@ -13,7 +13,7 @@ Validation happens in two places, by design:
 import asyncio
 import json
 import time
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -229,6 +229,24 @@ _CREATE_BODY = {
 }
 
 
+async def _submit_batch(
+    services: Services, options: TranscriptOptions, source: JobSource, audio: BinaryIO | None
+) -> JobRecord:
+    if options.webhook_url:
+        await _checked_url(options.webhook_url, services, "webhook_url")
+    now = time.time()
+    record = JobRecord(
+        id=new_job_id(now),
+        kind=JobKind.BATCH,
+        created_at=now,
+        updated_at=now,
+        source=source,
+        options=options.job_options(),
+        webhook_url=options.webhook_url or services.settings.postcall.webhook_url,
+    )
+    return await services.store.submit(record, audio)
+
+
 @router.post(
     "/v1/transcripts",
     status_code=202,
@@ -240,22 +258,21 @@ async def create_transcript(request: Request) -> JSONResponse:
     services = _services(request)
     settings = services.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    now = time.time()
-    job_id = new_job_id(now)
-    audio: Any = None
     if content_type == "application/json":
         body: CreateFromUrl = await _json_body(request, CreateFromUrl)
-        options: TranscriptOptions = body
-        source = JobSource(
-            type="url", url=await _checked_url(body.audio_url, services, "audio_url")
-        )
+        url = await _checked_url(body.audio_url, services, "audio_url")
+        record = await _submit_batch(services, body, JobSource(type="url", url=url), None)
     elif content_type == "multipart/form-data":
         upload = await read_upload(request, int(settings.api.max_upload_mb * 1024 * 1024))
         if upload.file is None:
             raise ApiError(400, ErrorCode.INVALID_REQUEST, "multipart upload needs a 'file' part")
-        options = _form_options(upload.fields)
-        source = JobSource(type="upload", filename=upload.file.filename, size=upload.size)
-        audio = upload.file.file
+        try:
+            source = JobSource(type="upload", filename=upload.file.filename, size=upload.size)
+            record = await _submit_batch(
+                services, _form_options(upload.fields), source, upload.file.file
+            )
+        finally:
+            await upload.file.close()
         services.metrics.upload_bytes.inc(upload.size)
     else:
         raise ApiError(
@@ -263,23 +280,6 @@ async def create_transcript(request: Request) -> JSONResponse:
             ErrorCode.UNSUPPORTED_FORMAT,
             "send application/json with audio_url or multipart/form-data with file",
         )
-    webhook_url = options.webhook_url or settings.postcall.webhook_url
-    if options.webhook_url:
-        await _checked_url(options.webhook_url, services, "webhook_url")
-    record = JobRecord(
-        id=job_id,
-        kind=JobKind.BATCH,
-        created_at=now,
-        updated_at=now,
-        source=source,
-        options=options.job_options(),
-        webhook_url=webhook_url,
-    )
-    try:
-        await services.store.submit(record, audio)
-    finally:
-        if audio is not None:
-            audio.close()
     services.metrics.jobs_submitted.labels(JobKind.BATCH.value).inc()
     return JSONResponse(
         JobAccepted(id=record.id, status=record.status).model_dump(mode="json"),

@@ -11,8 +11,6 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES as _LANGUAGES
 
 from engines.base import SAMPLE_RATE, EngineError, RecognizedWord, as_float32
 
-DEFAULT_MODEL = "whisper-base"
-
 
 class UnsupportedLanguageError(EngineError):
     code = "INVALID_REQUEST"
@@ -64,8 +62,14 @@ class WhisperBatch:
         duration = audio.size / SAMPLE_RATE
         if audio.size == 0:
             return BatchResult([], language, 0.0, self.name)
-        if language is not None and self._model.model.is_multilingual and language not in _LANGUAGES:
-            raise UnsupportedLanguageError(f"model {self.name!r} does not know language {language!r}")
+        if (
+            language is not None
+            and self._model.model.is_multilingual
+            and language not in _LANGUAGES
+        ):
+            raise UnsupportedLanguageError(
+                f"model {self.name!r} does not know language {language!r}"
+            )
         with self._lock:
             pieces, info = self._model.transcribe(
                 audio,

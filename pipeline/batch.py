@@ -2,6 +2,8 @@
 
 import asyncio
 import io
+import os
+from pathlib import Path
 from typing import Any
 
 import av
@@ -44,24 +46,28 @@ async def source_audio(ctx: JobContext) -> bytes:
         raise JobFailure("NOT_FOUND", "the job's audio is gone (deleted?)") from exc
 
 
-def declared_seconds(data: bytes) -> float | None:
+def declared_seconds(data: bytes | Path) -> float | None:
     """The duration the container's header states, if it states one."""
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(
+            str(data) if isinstance(data, Path) else io.BytesIO(data), mode="r"
+        ) as container:
             return None if container.duration is None else container.duration / av.time_base
     except (av.error.FFmpegError, OSError):  # type: ignore[attr-defined]
         return None
 
 
-async def decode(data: bytes, name: str, check_length: bool = False) -> np.ndarray:
-    """16 kHz mono int16; with ``check_length`` a file that decodes to clearly less than its
-    header declares (a truncated upload) fails with INVALID_AUDIO."""
-    if not data:
+async def decode(data: bytes | Path, name: str, check_length: bool = False) -> np.ndarray:
+    """16 kHz mono int16 from bytes or a file; with ``check_length`` a file that decodes to
+    clearly less than its header declares (a truncated upload) fails with INVALID_AUDIO."""
+    size = await asyncio.to_thread(os.path.getsize, data) if isinstance(data, Path) else len(data)
+    if size == 0:
         raise JobFailure("EMPTY_AUDIO", f"{name}: the file is empty (0 bytes)")
-    stream = io.BytesIO(data)
-    stream.name = name
+    source: Path | io.BytesIO = data if isinstance(data, Path) else io.BytesIO(data)
+    if isinstance(source, io.BytesIO):
+        source.name = name
     try:
-        samples = await asyncio.to_thread(decode_file, stream)
+        samples = await asyncio.to_thread(decode_file, source)
     except AudioDecodeError as exc:
         raise JobFailure(exc.code, exc.message) from exc
     if check_length:

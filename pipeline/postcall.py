@@ -82,7 +82,7 @@ async def run_postcall(ctx: JobContext) -> Transcript:
         if not path.is_file():
             continue
         try:
-            samples = await decode(path.read_bytes(), path.name)
+            samples = await decode(path, path.name)
         except JobFailure as exc:
             if exc.code == "EMPTY_AUDIO":
                 continue  # joined and left without a sample

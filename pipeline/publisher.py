@@ -1,11 +1,12 @@
 """Publishes frames on NATS without ever blocking the pipeline.
 
 Frames wait in a bounded :class:`Outbox` until a batch is confirmed by the server (publish,
-then a PING/PONG flush). While NATS is away nothing is handed to nats-py, whose own buffer
-would lose frames on a reconnect; the outbox keeps them and delivers them in order once the
-connection is back. A batch that was in flight when the connection broke is sent again, so
+then a PING/PONG flush), never when nats-py has merely written them: bytes written into a
+socket whose server froze or died are gone. While NATS is away nothing is handed to nats-py;
+the outbox keeps the frames and delivers them in order once the connection is back. A batch that was in flight when the connection broke is sent again, so
 delivery is at least once: consumers keep the highest ``rev`` per ``segment_id`` (or skip
-``seq`` values they have seen).
+``seq`` values they have seen). "Confirmed" means the server has the frame; like any NATS core
+message it can still die with a server that crashes before passing it on.
 
 Overflow policy: the oldest partial is dropped first (a later revision supersedes it); finals,
 events and errors are dropped, oldest first, only when nothing but them is queued.

@@ -36,7 +36,7 @@ async def _segment_audio(
                 or participant.offset > segment.start
             ):
                 continue
-            samples = await decode(path.read_bytes(), path.name)
+            samples = await decode(path, path.name)
             if participant.offset + samples.size / SAMPLE_RATE < segment.end - PAD_S:
                 continue
             piece, at = _cut(

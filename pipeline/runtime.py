@@ -3,6 +3,7 @@ the frame sink and the hooks run when a call ends."""
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from config import Settings
 from engines.base import Engine
@@ -15,6 +16,17 @@ from protocol import Subjects
 CallEndedHook = Callable[[CallRecord], Awaitable[None]]
 
 
+class StreamGate(Protocol):
+    """Admission control shared by every kind of live stream (see ``api.admission``)."""
+
+    def try_acquire(self, kind: str) -> Any | None: ...
+
+    def check(self, kind: str) -> None:
+        """Raise the service's 503 (with Retry-After) when no stream can start now."""
+
+    def release(self, lease: Any) -> None: ...
+
+
 class LiveRuntime:
     def __init__(
         self, settings: Settings, engine: Engine, scheduler: DecodeScheduler, sink: FrameSink
@@ -25,6 +37,7 @@ class LiveRuntime:
         self.sink = sink
         self.subjects = Subjects(settings.nats.subject_prefix)
         self.call_ended_hooks: list[CallEndedHook] = []
+        self.admission: StreamGate | None = None
 
     @classmethod
     async def create(

@@ -108,6 +108,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         from bench.live import main as bench_live
 
         bench_live(args.participants, args.talkers, args.seconds, args.out)
+    elif args.bench_command == "bridge":
+        from bench.bridge import main as bench_bridge
+
+        bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out)
     else:
         from bench.batch import main as bench_batch
 
@@ -190,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_live.add_argument("--talkers", type=int, default=3)
     bench_live.add_argument("--seconds", type=float, default=60.0)
     bench_live.add_argument("--out", help="write the results as JSON here")
+    bench_bridge = bench_sub.add_parser("bridge", parents=[common])
+    bench_bridge.add_argument("--tracks", type=int, nargs="+", default=[10, 25, 50])
+    bench_bridge.add_argument("--talkers", type=int, default=3)
+    bench_bridge.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    bench_bridge.add_argument("--warmup", type=float, default=5.0)
+    bench_bridge.add_argument("--out", help="write the results as JSON here")
     bench_batch = bench_sub.add_parser("batch", parents=[common])
     bench_batch.add_argument("--minutes", type=float, default=10.0)
     bench_batch.add_argument("--out")

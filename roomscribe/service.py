@@ -30,26 +30,41 @@ class Running:
 @asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[Running]:
     """Everything `serve` runs, started in order and stopped in reverse."""
+    from api.admission import Admission
     from api.app import create_app
+    from api.listen import listen_router
+    from api.overlay import overlay_router
+    from api.overlay_credentials import OverlayCredentials
     from api.services import Services
+    from protocol import Subjects
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService
     from sfu_bridge.router import bridge_router
 
     async with AsyncExitStack() as stack:
-        url, embedded = await ensure_nats(settings)
+        credentials = None
+        if settings.overlay.auth and not settings.nats.url:
+            subjects = Subjects(settings.nats.subject_prefix)
+            credentials = OverlayCredentials.for_data_dir(
+                settings.data_dir, subjects, settings.overlay.token_ttl_s
+            )
+            credentials.write()
+        include = OverlayCredentials.FILE if credentials else None
+        url, embedded = await ensure_nats(settings, include=include)
         if embedded is not None:
             stack.push_async_callback(embedded.stop)
-        settings = settings.model_copy(
-            update={"nats": settings.nats.model_copy(update={"url": url})}
-        )
+            if credentials is not None:
+                credentials.attach(embedded)
+                stack.push_async_callback(credentials.aclose)
+        nats_settings = settings.nats.model_copy(update={"url": url})
+        settings = settings.model_copy(update={"nats": nats_settings})
         publisher = NatsPublisher.from_settings(url, settings.nats)
         await publisher.start()
         stack.push_async_callback(publisher.close)
         runtime = await LiveRuntime.create(settings, publisher)
         stack.push_async_callback(runtime.aclose)
         nc = await nats.connect(url, max_reconnect_attempts=-1, name="roomscribe-service")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(nc.close)
         bridge = Bridge(runtime)
         stack.push_async_callback(bridge.aclose)
         invites = BridgeNatsService(bridge, nc)
@@ -57,6 +72,13 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         services = await Services.open(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
+        admission = Admission.from_settings(settings.limits, services.metrics.registry)
+        runtime.admission = admission
+        websocket_url = embedded.websocket_url if embedded else None
+        services.routers += [
+            listen_router(runtime, admission, services.store, settings),
+            overlay_router(settings, websocket_url, credentials),
+        ]
         yield Running(settings, create_app(services), runtime, embedded)
 
 
@@ -66,7 +88,7 @@ async def serve(settings: Settings) -> None:
         server = uvicorn.Server(
             uvicorn.Config(service.app, host=api.host, port=api.port, log_level="info")
         )
-        nats_line = service.settings.nats.url
+        nats_line = str(service.settings.nats.url)
         if service.embedded is not None:
             nats_line += f" (embedded; WebSocket {service.embedded.websocket_url})"
         print(

@@ -5,6 +5,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from pipeline.call import CallSession
 from pipeline.recorder import CallRecord
 from pipeline.runtime import LiveRuntime
 from pipeline.speaker_stream import SpeakerStream
+from protocol import ErrorCode, ErrorFrame
 from sfu_bridge.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class CallRoom:
         self._lock = asyncio.Lock()
         self._last_audio = 0.0
         self._tasks = TaskSet(f"call {room}")
+        self._leases: dict[str, Any] = {}
 
     def _move(self, to: CallState) -> None:
         allowed = {
@@ -102,8 +105,28 @@ class CallRoom:
             call = self.call
             if speaker.participant in call.participants:
                 await call.remove_participant(speaker.participant, reason="replaced")
+                self._release(speaker.participant)
+            gate = self.runtime.admission
+            if gate is not None:
+                lease = gate.try_acquire("webrtc")
+                if lease is None:
+                    self.runtime.sink.emit(
+                        ErrorFrame(
+                            code=ErrorCode.CAPACITY,
+                            message="the live stream limit is reached; this track is not captioned",
+                            room=self.room,
+                            participant=speaker.participant,
+                        )
+                    )
+                    return None
+                self._leases[speaker.participant] = lease
             stream = call.add_participant(speaker.participant, speaker.name, speaker.language)
             return ParticipantTarget(self, speaker, stream)
+
+    def _release(self, participant: str) -> None:
+        lease = self._leases.pop(participant, None)
+        if lease is not None and self.runtime.admission is not None:
+            self.runtime.admission.release(lease)
 
     async def remove(self, target: ParticipantTarget, reason: str) -> None:
         call = self.call
@@ -111,6 +134,7 @@ class CallRoom:
             return
         if call.participants.get(target.speaker.participant) is target.stream:
             await call.remove_participant(target.speaker.participant, reason=reason)
+            self._release(target.speaker.participant)
 
     def rename(self, participant: str, name: str) -> None:
         if (
@@ -142,6 +166,8 @@ class CallRoom:
             self.end_reason = reason
             if self.call is not None:
                 self.record = await self.call.end(reason)
+            for participant in list(self._leases):
+                self._release(participant)
         await self._tasks.aclose()
         if self.on_ended is not None:
             await self.on_ended(self, reason)

@@ -57,8 +57,12 @@ class BridgeNatsService:
         except BridgeError as exc:
             error = exc
         except Exception as exc:
-            log.exception("NATS request on %s failed", msg.subject)
-            error = BridgeError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            status, code = getattr(exc, "status", None), getattr(exc, "code", None)
+            if isinstance(status, int) and isinstance(code, str):  # the service's own refusals
+                error = BridgeError(status, code, str(exc))
+            else:
+                log.exception("NATS request on %s failed", msg.subject)
+                error = BridgeError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         if msg.reply:
             await msg.respond(reply_body(result, error))
 

@@ -99,6 +99,8 @@ def _check_mids(tracks: dict[str, Any], known: set[str]) -> None:
 
 
 async def create_session(bridge: Bridge, request: CreateSession) -> SessionAnswer:
+    if bridge.runtime.admission is not None:
+        bridge.runtime.admission.check("webrtc")
     session = RoomSession(bridge, request.room, request.ice_servers)
     try:
         sdp = await session.offer(request.sdp, request.tracks)

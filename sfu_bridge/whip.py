@@ -107,6 +107,8 @@ def whip_router(bridge: Bridge) -> APIRouter:
         session: WhipSession | None = None
         try:
             check_bearer(bridge.settings, request)
+            if bridge.runtime.admission is not None:
+                bridge.runtime.admission.check("webrtc")
             offer = await read_text(request, SDP)
             session = WhipSession(bridge, room, Speaker(participant, name, language))
             answer = await session.accept_offer(offer)
