@@ -2,7 +2,6 @@
 
 import asyncio
 import fractions
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fastapi import FastAPI
 
+from bench.scoring import normalize, wer
 from config import Settings, load_settings
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink, FanOutSink, FrameSink
@@ -26,17 +26,6 @@ from tests.conftest import LIBRIVOX, read_wav16
 from tests.live_helpers import live_engine
 
 FRAME = 320  # 20 ms at 16 kHz
-
-
-def normalize(text: str) -> str:
-    text = text.lower().replace("-", " ")
-    text = re.sub(r"\bmr\b\.?", "mister", text)
-    text = re.sub(r"[^a-z' ]", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
 
 
 def assert_captions(spoken: dict[str, str], heard: dict[str, str]) -> None:
