@@ -10,6 +10,7 @@ Rules:
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -58,10 +59,8 @@ class DecodeScheduler:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)

@@ -25,7 +25,10 @@ def roomscribe(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 async def test_live_prints_frames_and_publishes_them_on_nats(nats_url: str, tmp_path: Path) -> None:
     files = librivox_files()
     flac = tmp_path / "bob.flac"  # another container and sample rate: 44.1 kHz FLAC
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(files[4]), "-ar", "44100", str(flac)], check=True)
+    convert = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-loglevel", "error", "-i", str(files[4]), "-ar", "44100", str(flac)
+    )  # fmt: skip
+    assert await convert.wait() == 0
     nc = await nats.connect(nats_url)
     received: list[tuple[str, bytes]] = []
     room = "stand.up *>"
@@ -51,7 +54,9 @@ async def test_live_prints_frames_and_publishes_them_on_nats(nats_url: str, tmp_
     assert "amiable" in " ".join(f.text for f in finals if f.participant == "bob")
     from_nats = [parse_frame(data) for _, data in received]
     nats_finals = [f for f in from_nats if isinstance(f, CaptionFrame) and f.type == "final"]
-    assert sorted(f.model_dump_json() for f in nats_finals) == sorted(f.model_dump_json() for f in finals)
+    assert sorted(f.model_dump_json() for f in nats_finals) == sorted(
+        f.model_dump_json() for f in finals
+    )
     for subject, data in received:
         frame = parse_frame(data)
         assert isinstance(frame, CaptionFrame)
@@ -74,13 +79,20 @@ def test_bad_files_give_a_clear_error(tmp_path: Path) -> None:
         result = roomscribe("live", str(path), data_dir=tmp_path)
         assert result.returncode == 2
         assert expected in result.stderr and str(path.name) in result.stderr
-    missing_model = roomscribe("transcribe", str(librivox_files()[1]), "--model", "no-such-model", data_dir=tmp_path)
+    missing_model = roomscribe(
+        "transcribe", str(librivox_files()[1]), "--model", "no-such-model", data_dir=tmp_path
+    )
     assert missing_model.returncode == 2
-    assert "error [MODEL_NOT_FOUND]" in missing_model.stderr and "whisper-tiny.en" in missing_model.stderr
+    assert (
+        "error [MODEL_NOT_FOUND]" in missing_model.stderr
+        and "whisper-tiny.en" in missing_model.stderr
+    )
 
 
 def test_transcribe_renders_srt(tmp_path: Path) -> None:
-    result = roomscribe("transcribe", str(librivox_files()[3]), "--format", "srt", data_dir=tmp_path)
+    result = roomscribe(
+        "transcribe", str(librivox_files()[3]), "--format", "srt", data_dir=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     cues = list(srt.parse(result.stdout))
     assert cues and "amiable" in " ".join(c.content for c in cues).lower()
