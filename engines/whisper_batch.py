@@ -34,6 +34,21 @@ class BatchResult:
     model: str
 
 
+def split_at_pauses(segment: BatchSegment, pause_s: float = 1.5) -> list[BatchSegment]:
+    """VAD-filtered decoding glues speech chunks together, so one segment can span a long
+    silence (two turns of one speaker); split it where its words pause."""
+    groups: list[list[RecognizedWord]] = []
+    for word in segment.words:
+        if not groups or word.start - groups[-1][-1].end >= pause_s:
+            groups.append([])
+        groups[-1].append(word)
+    if len(groups) <= 1:
+        return [segment]
+    return [
+        BatchSegment(g[0].start, g[-1].end, " ".join(w.word for w in g), tuple(g)) for g in groups
+    ]
+
+
 class WhisperBatch:
     """A loaded faster-whisper model. ``transcribe`` blocks: call it from a worker thread."""
 
@@ -94,12 +109,14 @@ class WhisperBatch:
                 text = piece.text.strip()
                 if not text:
                     continue
-                segments.append(
-                    BatchSegment(
-                        start=round(piece.start + offset, 3),
-                        end=round(max(piece.end, piece.start) + offset, 3),
-                        text=text,
-                        words=words,
+                segments.extend(
+                    split_at_pauses(
+                        BatchSegment(
+                            start=round(piece.start + offset, 3),
+                            end=round(max(piece.end, piece.start) + offset, 3),
+                            text=text,
+                            words=words,
+                        )
                     )
                 )
                 if on_progress is not None and duration > 0:

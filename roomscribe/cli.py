@@ -103,6 +103,15 @@ def _cmd_join(args: argparse.Namespace) -> None:
     asyncio.run(join_janus(_settings(args), args.url, args.room))
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from roomscribe.demo import DemoError, demo_participants, run_demo
+
+    try:
+        asyncio.run(run_demo(_settings(args), demo_participants(), args.url, args.nats))
+    except DemoError as exc:
+        raise CliError(exc.code, str(exc)) from exc
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     if args.bench_command == "live":
         from bench.live import main as bench_live
@@ -178,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a post-call / batch job worker")
     worker.add_argument("--nats")
     worker.set_defaults(func=_cmd_worker)
+
+    demo = sub.add_parser(
+        "demo", help="a simulated three-person call over WebRTC: live captions, then post-call"
+    )
+    demo.add_argument("--url", help="use the service running here instead of starting one")
+    demo.add_argument("--nats", help="NATS server of the service at --url (default: $NATS_URL)")
+    demo.set_defaults(func=_cmd_demo)
 
     join = sub.add_parser("join", help="join an SFU room as the caption bot")
     join_sub = join.add_subparsers(dest="sfu", required=True)

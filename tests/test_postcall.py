@@ -165,3 +165,21 @@ def test_live_ids_go_to_the_best_overlapping_segment_once() -> None:
         _final("alice", "a0", 1.0, 2.0, "zero"),
     ]
     assert attach_live_ids(pieces, finals) == {0: ["a1", "a0"], 1: ["b1"], 2: ["a2"], 3: ["a3"]}
+
+
+def test_a_segment_spanning_a_long_pause_is_split_into_turns() -> None:
+    from engines.base import RecognizedWord
+    from engines.whisper_batch import BatchSegment, split_at_pauses
+
+    words = (
+        RecognizedWord("We", 1.0, 1.2),
+        RecognizedWord("agree.", 1.2, 1.6),
+        RecognizedWord("Next", 9.0, 9.3),
+        RecognizedWord("item.", 9.3, 9.8),
+    )
+    parts = split_at_pauses(BatchSegment(1.0, 9.8, "We agree. Next item.", words))
+    assert [(p.start, p.end, p.text) for p in parts] == [
+        (1.0, 1.6, "We agree."),
+        (9.0, 9.8, "Next item."),
+    ]
+    assert split_at_pauses(BatchSegment(1.0, 1.6, "We agree.", words[:2]))[0].text == "We agree."

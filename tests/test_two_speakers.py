@@ -47,12 +47,19 @@ async def test_each_participant_gets_only_their_own_words(tmp_path: Path) -> Non
     finally:
         await runtime.aclose()
     finals = [f for f in sink.frames if isinstance(f, CaptionFrame) and f.type == "final"]
-    heard = {name: set(normalize(" ".join(f.text for f in finals if f.participant == name)).split()) for name in tracks}
+    heard = {
+        name: set(normalize(" ".join(f.text for f in finals if f.participant == name)).split())
+        for name in tracks
+    }
     for name, words in heard.items():
         other = next(n for n in ONLY if n != name)
         assert words & ONLY[name], f"{name} said none of {ONLY[name]}: {words}"
-        assert not words & ONLY[other], f"{name}'s captions carry {other}'s words: {words & ONLY[other]}"
+        assert not words & ONLY[other], (
+            f"{name}'s captions carry {other}'s words: {words & ONLY[other]}"
+        )
     for final in finals:
         assert final.name == final.participant.title()
     assert {p.participant for p in record.participants} == {"diane", "sheila"}
-    assert all((record.directory / p.file).stat().st_size > 16000 * 2 * 25 for p in record.participants)
+    assert all(
+        (record.directory / p.file).stat().st_size > 16000 * 2 * 25 for p in record.participants
+    )
