@@ -39,15 +39,19 @@ def _wav_header(data_bytes: int) -> bytes:
 
 
 class TrackRecorder:
-    """Appends int16 samples to a WAV file, flushing (and fsyncing) every ``flush_s`` of audio."""
+    """Appends int16 samples to a WAV file. Every ``flush_s`` of audio the header is patched and
+    the data handed to the OS (safe if the process dies); every ``sync_s`` it is fsynced (safe
+    if the machine dies) -- fsync per second per track would dominate with many tracks."""
 
-    def __init__(self, path: Path, flush_s: float = 1.0) -> None:
+    def __init__(self, path: Path, flush_s: float = 1.0, sync_s: float = 10.0) -> None:
         self.path = path
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - held for the call's lifetime
         self._file.write(_wav_header(0))
         self._bytes = 0
         self._unflushed = 0
+        self._unsynced = 0
         self._flush_every = int(flush_s * SAMPLE_RATE) * 2
+        self._sync_every = int(sync_s * SAMPLE_RATE) * 2
 
     @property
     def seconds(self) -> float:
@@ -68,12 +72,16 @@ class TrackRecorder:
         self._file.write(_wav_header(self._bytes))
         self._file.seek(0, os.SEEK_END)
         self._file.flush()
-        os.fsync(self._file.fileno())
+        self._unsynced += self._unflushed
         self._unflushed = 0
+        if self._unsynced >= self._sync_every:
+            os.fsync(self._file.fileno())
+            self._unsynced = 0
 
     def close(self) -> None:
         if not self._file.closed:
             self.flush()
+            os.fsync(self._file.fileno())
             self._file.close()
 
 
