@@ -68,7 +68,8 @@ class Page:
 
 @asynccontextmanager
 async def open_page(binary: str, url: str) -> AsyncIterator[Page]:
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write the profile after the browser exits
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = await asyncio.create_subprocess_exec(
             binary,
             *FLAGS,
