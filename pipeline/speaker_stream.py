@@ -99,16 +99,25 @@ class SpeakerStream:
         if at is not None:
             hole = round(at * SAMPLE_RATE) - self._received
             if hole > _TOLERANCE:
-                self._accept(np.zeros(hole, np.float32))
+                self._accept(np.zeros(hole, np.float32), np.zeros(hole, np.int16))
             elif hole < -_TOLERANCE:
-                samples = samples[min(-hole, samples.size) :]
+                cut = min(-hole, samples.size)
+                samples = samples[cut:]
+                if isinstance(pcm, np.ndarray):
+                    pcm = pcm[cut:]
         if samples.size:
-            self._accept(samples)
+            original = pcm if isinstance(pcm, np.ndarray) and pcm.dtype == np.int16 else None
+            self._accept(samples, original)
 
-    def _accept(self, samples: np.ndarray) -> None:
+    def _accept(self, samples: np.ndarray, original: np.ndarray | None = None) -> None:
         self._received += samples.size
         if self._recorder is not None:
-            self._recorder.write((np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16))
+            pcm16 = (
+                original
+                if original is not None
+                else (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+            )
+            self._recorder.write(pcm16)
         if self._recognizer.backlog_seconds > self._max_backlog:
             self.skipped_seconds += samples.size / SAMPLE_RATE
             if not self._overloaded:

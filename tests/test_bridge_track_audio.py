@@ -146,7 +146,8 @@ async def test_newer_track_of_a_participant_displaces_the_older(tmp_path: Path) 
         record = await room.end("ended")
         assert record is not None
         seconds = [read_wav16(record.directory / p.file).size / 16000 for p in record.participants]
-        assert [round(s, 1) for s in seconds] == [0.2, 1.0], seconds
+        # the displaced track may lose what it had not handed over yet: one batch at most
+        assert 0.2 - old_feed.batch_s <= seconds[0] <= 0.2 and round(seconds[1], 1) == 1.0, seconds
     finally:
         await room.end("ended")
         await runtime.aclose()
