@@ -28,11 +28,12 @@ from itertools import permutations
 from pathlib import Path
 from typing import Any, cast
 
+import jiwer
 import numpy as np
 from faster_whisper import WhisperModel
 
 from bench.meeting import VOICES, Meeting, build_meeting, spell_numbers
-from bench.scoring import diarization_error_rate, wer
+from bench.scoring import diarization_error_rate, normalize, wer
 from config import load_settings
 from config.settings import Settings
 from engines.diarization import Diarizer, Turn, default_model_dir
@@ -135,6 +136,19 @@ def _words(transcript: Transcript) -> list[tuple[float, str]]:
     ]
 
 
+def per_speaker_wer(meeting: Meeting, transcript: Transcript) -> float:
+    """Errors over all words, each speaker's words scored against their own lines: one
+    track's segment may span other speakers' turns, so pooled reading order is not speaking
+    order."""
+    references, hypotheses = [], []
+    for voice in VOICES:
+        own = [s.text for s in transcript.segments if s.speaker == voice.participant]
+        lines = [u.text for u in meeting.utterances if u.participant == voice.participant]
+        references.append(normalize(" ".join(lines)))
+        hypotheses.append(normalize(spell_numbers(" ".join(own))))
+    return float(jiwer.wer(references, hypotheses))
+
+
 def speaker_accuracy(meeting: Meeting, words: Sequence[tuple[float, str]]) -> float:
     """Fraction of words credited to someone speaking at their midpoint, under the one-to-one
     label mapping that credits most words (identity when labels are participant ids)."""
@@ -193,6 +207,7 @@ async def bench_postcall(
         "system": "postcall",
         "beam_size": beam_size or settings.postcall.beam_size,
         **_score(meeting, " ".join(s.text for s in transcript.segments), wall),
+        "wer_per_speaker": round(per_speaker_wer(meeting, transcript), 4),
         "speaker_accuracy": round(speaker_accuracy(meeting, _words(transcript)), 4),
         "segments": len(transcript.segments),
     }
@@ -302,7 +317,10 @@ def main(minutes: float, out: str | None) -> None:
 
 def summary(results: list[dict[str, Any]]) -> str:
     rows = [r for r in results if r["system"] in ("postcall", "batch", "peer")]
-    lines = [f"{'system':<22} {'wall s':>8} {'RTF':>7} {'WER':>7} {'spk acc':>8} {'DER':>7}"]
+    lines = [
+        f"{'system':<22} {'wall s':>8} {'RTF':>7} {'WER':>7} {'WER/spk':>8} {'spk acc':>8} "
+        f"{'DER':>7}"
+    ]
     for row in rows:
         name = row["system"]
         if name == "postcall":
@@ -311,8 +329,10 @@ def summary(results: list[dict[str, Any]]) -> str:
             name = f"batch speakers={row['speakers_expected'] or '?'}"
         acc = row.get("speaker_accuracy")
         der = row.get("der")
+        own = row.get("wer_per_speaker")
         lines.append(
             f"{name:<22} {row['wall_s']:>8} {row['rtf']:>7} {row['wer']:>7.1%} "
+            f"{'' if own is None else f'{own:.1%}':>8} "
             f"{'' if acc is None else f'{acc:.1%}':>8} {'' if der is None else f'{der:.1%}':>7}"
         )
     return "\n".join(lines)
