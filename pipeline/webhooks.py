@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from config.settings import PostCallSettings
 from pipeline.jobs import bucket_base, open_kv
+from pipeline.pull import fetch_forever
 from pipeline.tasks import spawn
 
 log = logging.getLogger("roomscribe.webhooks")
@@ -246,25 +247,18 @@ class WebhookDispatcher:
                 await self.notifier.queue(key)
 
     async def _run(self) -> None:
-        while not self._stopping:
+        async for msg in fetch_forever(self._sub, lambda: self._stopping):
             try:
-                msgs = await self._sub.fetch(1, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue  # nats-py's fetch can turn a cancellation into a timeout: hence the flag
-            except nats.errors.ConnectionClosedError:
-                return
-            for msg in msgs:
-                try:
-                    await self._handle(msg)
-                except (nats.errors.Error, OSError):
-                    log.warning(
-                        "webhook delivery %s interrupted; it will be retried",
-                        msg.data,
-                        exc_info=True,
-                    )
-                except ValueError:  # a corrupt delivery record: retrying cannot help
-                    log.exception("dropping webhook delivery %r", msg.data[:200])
-                    await msg.term()
+                await self._handle(msg)
+            except (nats.errors.Error, OSError):
+                log.warning(
+                    "webhook delivery %s interrupted; it will be retried",
+                    msg.data,
+                    exc_info=True,
+                )
+            except ValueError:  # a corrupt delivery record: retrying cannot help
+                log.exception("dropping webhook delivery %r", msg.data[:200])
+                await msg.term()
 
     async def _handle(self, msg: Msg) -> None:
         key = msg.data.decode()

@@ -39,6 +39,7 @@ from pipeline.jobs import (
     JobStore,
 )
 from pipeline.postcall import run_postcall
+from pipeline.pull import fetch_forever
 from pipeline.results import finish, store_results
 from pipeline.retranscribe import run_retranscribe
 from pipeline.tasks import spawn
@@ -129,26 +130,19 @@ class Worker:
             self._task = None
 
     async def _run(self) -> None:
-        while not self._stopping:
+        async for msg in fetch_forever(self._sub, lambda: self._stopping):
             try:
-                msgs = await self._sub.fetch(1, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue  # nats-py's fetch can turn a cancellation into a timeout: hence the flag
-            except nats.errors.ConnectionClosedError:
-                return
-            for msg in msgs:
-                try:
-                    await self.handle(msg)
-                except asyncio.CancelledError:
-                    with contextlib.suppress(nats.errors.Error):
-                        await msg.nak()
-                    raise
-                except nats.errors.Error:
-                    log.warning(
-                        "job message %s not finished; it will be redelivered",
-                        msg.data,
-                        exc_info=True,
-                    )
+                await self.handle(msg)
+            except asyncio.CancelledError:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak()
+                raise
+            except nats.errors.Error:
+                log.warning(
+                    "job message %s not finished; it will be redelivered",
+                    msg.data,
+                    exc_info=True,
+                )
 
     async def handle(self, msg: Msg) -> None:
         try:
