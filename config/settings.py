@@ -19,7 +19,7 @@ DEFAULT_TOML = Path(__file__).with_name("default.toml")
 class LiveSettings(BaseModel):
     model: str = "whisper-tiny.en"
     language: str = "en"
-    decode_threads: int = Field(default=0, ge=0, description="0 = one per CPU core")
+    decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
     partial_interval_s: float = Field(default=0.6, gt=0)
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)

@@ -10,7 +10,9 @@ from engines.whisper_chunked import WhisperChunkedEngine, WhisperOptions
 
 
 def decode_threads(settings: Settings) -> int:
-    return settings.live.decode_threads or max(1, os.cpu_count() or 1)
+    """Default: one core fewer than the machine has, so the event loop (WebRTC packets,
+    NATS) always has a core of its own; decoding backs off instead of starving it."""
+    return settings.live.decode_threads or max(1, (os.cpu_count() or 1) - 1)
 
 
 def load_engine(name: str, settings: Settings) -> Engine:
