@@ -52,16 +52,22 @@ def split_at_pauses(segment: BatchSegment, pause_s: float = 1.5) -> list[BatchSe
 class WhisperBatch:
     """A loaded faster-whisper model. ``transcribe`` blocks: call it from a worker thread."""
 
-    def __init__(self, name: str, path: Path, threads: int = 0) -> None:
+    def __init__(self, name: str, path: Path, threads: int = 0, workers: int = 2) -> None:
+        """``workers`` calls may run at once (a post-call pass decodes speakers side by side:
+        small Whisper matrices do not keep two cores busy from one call)."""
         self.name = name
         self.path = path
         try:
             self._model = WhisperModel(
-                str(path), device="cpu", compute_type="int8", cpu_threads=threads
+                str(path),
+                device="cpu",
+                compute_type="int8",
+                cpu_threads=threads,
+                num_workers=workers,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise EngineError(f"cannot load whisper model {name!r} from {path}: {exc}") from exc
-        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(workers)
 
     def transcribe(
         self,
@@ -85,7 +91,7 @@ class WhisperBatch:
             raise UnsupportedLanguageError(
                 f"model {self.name!r} does not know language {language!r}"
             )
-        with self._lock:
+        with self._slots:
             pieces, info = self._model.transcribe(
                 audio,
                 language=language,

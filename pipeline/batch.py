@@ -3,6 +3,7 @@
 import asyncio
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,14 @@ async def recognize(
     offset: float = 0.0,
     share: tuple[float, float] = (0.0, 1.0),
     language: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> BatchResult:
-    """Run the named model over ``samples`` in a thread; progress maps into ``share``."""
+    """Run the named model over ``samples`` in a thread; progress maps into ``share`` (or
+    goes to ``on_progress`` as the fraction of this audio done)."""
     language = language or ctx.record.options.language
     beam = ctx.record.options.beam_size or ctx.settings.postcall.beam_size
     low, high = share
+    report = on_progress or (lambda done: ctx.progress(low + (high - low) * done, "transcribing"))
 
     def run() -> BatchResult:
         recognizer = ctx.models.get(model)
@@ -101,7 +105,7 @@ async def recognize(
             language=language,
             beam_size=beam,
             offset=offset,
-            on_progress=lambda done: ctx.progress(low + (high - low) * done, "transcribing"),
+            on_progress=report,
         )
 
     try:

@@ -6,11 +6,13 @@ replace the live captions in place. Each live final goes to the one re-pass segm
 overlaps most, which keeps segment ids unique.
 """
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from config.settings import Settings
+from engines.whisper_batch import BatchResult
 from pipeline.batch import decode, recognize, to_words
 from pipeline.jobs import (
     JobContext,
@@ -73,29 +75,43 @@ def attach_live_ids(pieces: list[_Piece], finals: list[CaptionFrame]) -> dict[in
 async def run_postcall(ctx: JobContext) -> Transcript:
     call = load_call(ctx.settings, ctx.record.source.call_id or "")
     model = ctx.record.options.model or ctx.settings.postcall.model
-    pieces: list[_Piece] = []
-    duration = 0.0
-    language: str | None = None
     count = max(len(call.participants), 1)
-    for number, participant in enumerate(call.participants):
+    done = [0.0] * count
+
+    def progress(number: int) -> Callable[[float], None]:
+        def report(fraction: float) -> None:
+            done[number] = fraction
+            ctx.progress(sum(done) / count, "transcribing the speakers")
+
+        return report
+
+    async def speaker(number: int, participant: ParticipantRecord) -> BatchResult | None:
         path = call.audio_path(participant)
         if not path.is_file():
-            continue
+            return None
         try:
             samples = await decode(path, path.name)
         except JobFailure as exc:
             if exc.code == "EMPTY_AUDIO":
-                continue  # joined and left without a sample
+                return None  # joined and left without a sample
             raise
-        ctx.progress(number / count, f"transcribing {participant.name or participant.participant}")
-        result = await recognize(
+        return await recognize(
             ctx,
             samples,
             model,
             offset=participant.offset,
-            share=(number / count, (number + 1) / count),
+            on_progress=progress(number),
             language=participant.language or ctx.record.options.language,
         )
+
+    # speakers side by side: the model runs two calls at once (see WhisperBatch)
+    results = await asyncio.gather(*(speaker(n, p) for n, p in enumerate(call.participants)))
+    pieces: list[_Piece] = []
+    duration = 0.0
+    language: str | None = None
+    for participant, result in zip(call.participants, results, strict=True):
+        if result is None:
+            continue
         language = language or result.language
         duration = max(duration, participant.offset + result.duration)
         for seg in result.segments:

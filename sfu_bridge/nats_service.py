@@ -48,6 +48,7 @@ class BridgeNatsService:
         self._invites = await self.nc.subscribe(
             self.subjects.invite, queue=QUEUE_GROUP, cb=self._on_invite
         )
+        await self.nc.flush()  # the server knows the subscription before start() returns
 
     async def _respond(self, msg: Msg, action: Callable[[], Awaitable[BaseModel | None]]) -> None:
         result: BaseModel | None = None
@@ -91,6 +92,7 @@ class BridgeNatsService:
             await self.nc.subscribe(self.subjects.session(session_id, verb), cb=handler(verb))
             for verb in ("offer", "tracks", "delete")
         ]
+        await self.nc.flush()  # subscribed before the invite's reply names the session
 
     async def _session_request(self, session_id: str, verb: str, data: bytes) -> BaseModel | None:
         if verb == "offer":
