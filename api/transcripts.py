@@ -12,7 +12,6 @@ Validation happens in two places, by design:
 
 import asyncio
 import json
-import time
 from typing import Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -32,7 +31,6 @@ from pipeline.jobs import (
     JobRecord,
     JobSource,
     JobState,
-    new_job_id,
 )
 from pipeline.postcall import calls_dir, submit_postcall
 from protocol.errors import ErrorCode
@@ -234,15 +232,11 @@ async def _submit_batch(
 ) -> JobRecord:
     if options.webhook_url:
         await _checked_url(options.webhook_url, services, "webhook_url")
-    now = time.time()
-    record = JobRecord(
-        id=new_job_id(now),
-        kind=JobKind.BATCH,
-        created_at=now,
-        updated_at=now,
-        source=source,
-        options=options.job_options(),
-        webhook_url=options.webhook_url or services.settings.postcall.webhook_url,
+    record = JobRecord.queued(
+        JobKind.BATCH,
+        source,
+        options.job_options(),
+        options.webhook_url or services.settings.postcall.webhook_url,
     )
     return await services.store.submit(record, audio)
 
@@ -367,22 +361,18 @@ async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -
         )
     if body.webhook_url:
         await _checked_url(body.webhook_url, services, "webhook_url")
-    now = time.time()
-    record = JobRecord(
-        id=new_job_id(now),
-        kind=JobKind.RETRANSCRIBE,
-        created_at=now,
-        updated_at=now,
-        source=JobSource(
+    record = JobRecord.queued(
+        JobKind.RETRANSCRIBE,
+        JobSource(
             type="segment", parent_id=job_id, segment_id=segment_id, call_id=parent.source.call_id
         ),
-        options=JobOptions(
+        JobOptions(
             model=body.model,
             beam_size=body.beam_size,
             language=transcript.language,
             redact_pii=list(transcript.redacted) if transcript.redacted else False,
         ),
-        webhook_url=body.webhook_url or parent.webhook_url,
+        body.webhook_url or parent.webhook_url,
     )
     await services.store.submit(record)
     services.metrics.jobs_submitted.labels(JobKind.RETRANSCRIBE.value).inc()

@@ -14,6 +14,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -205,16 +206,11 @@ async def run_naive(participants: int, talkers: int, seconds: float) -> dict[str
     }
 
 
-_ENGINE: WhisperChunkedEngine | None = None
-
-
+@cache
 def _engine() -> WhisperChunkedEngine:
-    global _ENGINE
-    if _ENGINE is None:
-        engine = load_engine("whisper-tiny.en", load_settings())
-        assert isinstance(engine, WhisperChunkedEngine)
-        _ENGINE = engine
-    return _ENGINE
+    engine = load_engine("whisper-tiny.en", load_settings())
+    assert isinstance(engine, WhisperChunkedEngine)
+    return engine
 
 
 def main(participants: list[int], talkers: int, seconds: float, out: str | None) -> None:

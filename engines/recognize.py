@@ -23,7 +23,9 @@ class RecognizeStream:
         self.engine = engine
         self._stream = engine.create_stream(language)
         self._scheduler = scheduler
-        self._events: asyncio.Queue[Hypothesis | BaseException | None] = asyncio.Queue(max_events)
+        # Unbounded so a final is never refused; interims stop being queued past ``max_events``.
+        self._events: asyncio.Queue[Hypothesis | BaseException | None] = asyncio.Queue()
+        self._max_events = max_events
         self._ended = False
         self._closed = False
         self._reg = scheduler.register(engine, self._stream, self._deliver, self._fail)
@@ -57,12 +59,10 @@ class RecognizeStream:
             self._check_done()
 
     def _put(self, item: Hypothesis | BaseException | None) -> None:
-        try:
-            self._events.put_nowait(item)
-        except asyncio.QueueFull:
-            if isinstance(item, Hypothesis) and item.kind == "interim":
-                return  # latest-wins: an interim is superseded by the next one anyway
-            self._events._queue.append(item)  # type: ignore[attr-defined]  # finals are never dropped
+        full = self._events.qsize() >= self._max_events
+        if full and isinstance(item, Hypothesis) and item.kind == "interim":
+            return  # an interim is superseded by the next one anyway; finals are never dropped
+        self._events.put_nowait(item)
 
     def _deliver(self, results: list[Hypothesis]) -> None:
         for hyp in results:

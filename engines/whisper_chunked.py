@@ -123,6 +123,7 @@ class WhisperChunkedEngine(Engine):
             num_workers=parallel,
         )
         self.gate = SileroGate.packaged(parallel) if self.options.neural_gate else None
+        self._tokenizers: dict[str, Tokenizer] = {}
         multilingual = bool(self.model.model.is_multilingual)
         self.info = EngineInfo(
             name=name, kind="whisper", languages=("*",) if multilingual else ("en",)
@@ -130,6 +131,17 @@ class WhisperChunkedEngine(Engine):
 
     def create_stream(self, language: str | None = None) -> "WhisperStream":
         return WhisperStream(self, language or self.language)
+
+    def _tokenizer(self, language: str) -> Tokenizer:
+        """One per language, built once: every partial and final decode needs one."""
+        if language not in self._tokenizers:
+            self._tokenizers[language] = Tokenizer(
+                self.model.hf_tokenizer,
+                self.model.model.is_multilingual,
+                task="transcribe",
+                language=language,
+            )
+        return self._tokenizers[language]
 
     def decode(
         self, samples: np.ndarray, offset: float, language: str | None, final: bool = True
@@ -145,12 +157,7 @@ class WhisperChunkedEngine(Engine):
         )
         if language is None and self.model.model.is_multilingual:
             language = self.model.model.detect_language(encoded)[0][0][0][2:-2]
-        tokenizer = Tokenizer(
-            self.model.hf_tokenizer,
-            self.model.model.is_multilingual,
-            task="transcribe",
-            language=language or "en",
-        )
+        tokenizer = self._tokenizer(language or "en")
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         # speech rarely exceeds 6 tokens a second; a cap stops short-clip repetition loops
         budget = len(prompt) + 8 + int(8 * samples.size / SAMPLE_RATE)

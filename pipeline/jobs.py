@@ -125,6 +125,26 @@ class JobRecord(BaseModel):
     attempts: int = 0
     results: list[str] = Field(default_factory=list, description="stored result files")
 
+    @classmethod
+    def queued(
+        cls,
+        kind: JobKind,
+        source: JobSource,
+        options: JobOptions,
+        webhook_url: str | None = None,
+    ) -> "JobRecord":
+        """A new job, stamped now, with an id that sorts by creation time."""
+        now = time.time()
+        return cls(
+            id=new_job_id(now),
+            kind=kind,
+            created_at=now,
+            updated_at=now,
+            source=source,
+            options=options,
+            webhook_url=webhook_url,
+        )
+
     def transition(self, target: JobState, **changes: Any) -> "JobRecord":
         """A copy in state ``target``; raises IllegalTransitionError if the machine forbids it."""
         if target not in _ALLOWED[self.status]:

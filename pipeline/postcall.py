@@ -7,7 +7,6 @@ overlaps most, which keeps segment ids unique.
 """
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from pipeline.jobs import (
     JobRecord,
     JobSource,
     JobStore,
-    new_job_id,
 )
 from pipeline.recorder import CallRecord, ParticipantRecord
 from pipeline.webhooks import EventType, Notifier
@@ -161,18 +159,14 @@ async def submit_postcall(
     options: JobOptions | None = None,
     webhook_url: str | None = None,
 ) -> JobRecord:
-    now = time.time()
     chosen = options or JobOptions(
         summarize=settings.postcall.summarize, redact_pii=settings.postcall.redact_pii
     )
-    record = JobRecord(
-        id=new_job_id(now),
-        kind=JobKind.POSTCALL,
-        created_at=now,
-        updated_at=now,
-        source=JobSource(type="call", call_id=call_id),
-        options=chosen,
-        webhook_url=webhook_url or settings.postcall.webhook_url,
+    record = JobRecord.queued(
+        JobKind.POSTCALL,
+        JobSource(type="call", call_id=call_id),
+        chosen,
+        webhook_url or settings.postcall.webhook_url,
     )
     return await store.submit(record)
 

@@ -138,15 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
     parser = argparse.ArgumentParser(prog="roomscribe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    real_add = sub.add_parser
-
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
-        return real_add(name, parents=[common], **kwargs)  # type: ignore[arg-type]
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     live = sub.add_parser(
-        "live", help="run the live pipeline over audio files, one participant per file"
+        "live",
+        parents=[common],
+        help="run the live pipeline over audio files, one participant per file",
     )
     live.add_argument("files", nargs="+")
     live.add_argument("--names", help="display names, comma separated, in file order")
@@ -155,14 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--nats", help="also publish frames to this NATS server")
     live.set_defaults(func=_cmd_live)
 
-    transcribe = sub.add_parser("transcribe", help="transcribe one file in a batch pass")
+    transcribe = sub.add_parser(
+        "transcribe", parents=[common], help="transcribe one file in a batch pass"
+    )
     transcribe.add_argument("file")
     transcribe.add_argument("--model")
     transcribe.add_argument("--language")
     transcribe.add_argument("--format", choices=["json", "srt", "vtt", "txt"], default="txt")
     transcribe.set_defaults(func=_cmd_transcribe)
 
-    models = sub.add_parser("models", help="list, download or prepare models")
+    models = sub.add_parser("models", parents=[common], help="list, download or prepare models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", parents=[common])
     pull = models_sub.add_parser("pull", parents=[common])
@@ -172,30 +170,34 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("what", choices=["diarization"])
     models.set_defaults(func=_cmd_models)
 
-    sub.add_parser("schema", help="print the JSON Schema of every frame").set_defaults(
-        func=_cmd_schema
-    )
+    sub.add_parser(
+        "schema", parents=[common], help="print the JSON Schema of every frame"
+    ).set_defaults(func=_cmd_schema)
 
     serve = sub.add_parser(
-        "serve", help="run the service (HTTP API, WebRTC bridge, live captions, worker)"
+        "serve",
+        parents=[common],
+        help="run the service (HTTP API, WebRTC bridge, live captions, worker)",
     )
     serve.add_argument(
         "--nats", help="NATS server URL (default: $NATS_URL, else an embedded server)"
     )
     serve.set_defaults(func=_cmd_serve)
 
-    worker = sub.add_parser("worker", help="run a post-call / batch job worker")
+    worker = sub.add_parser("worker", parents=[common], help="run a post-call / batch job worker")
     worker.add_argument("--nats")
     worker.set_defaults(func=_cmd_worker)
 
     demo = sub.add_parser(
-        "demo", help="a simulated three-person call over WebRTC: live captions, then post-call"
+        "demo",
+        parents=[common],
+        help="a simulated three-person call over WebRTC: live captions, then post-call",
     )
     demo.add_argument("--url", help="use the service running here instead of starting one")
     demo.add_argument("--nats", help="NATS server of the service at --url (default: $NATS_URL)")
     demo.set_defaults(func=_cmd_demo)
 
-    join = sub.add_parser("join", help="join an SFU room as the caption bot")
+    join = sub.add_parser("join", parents=[common], help="join an SFU room as the caption bot")
     join_sub = join.add_subparsers(dest="sfu", required=True)
     janus = join_sub.add_parser("janus", parents=[common])
     janus.add_argument("--url", required=True, help="Janus HTTP API, e.g. http://HOST:8088/janus")
@@ -203,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     janus.add_argument("--nats")
     join.set_defaults(func=_cmd_join)
 
-    bench = sub.add_parser("bench", help="benchmarks (numbers go to BENCHMARKS.md)")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="benchmarks (numbers go to BENCHMARKS.md)"
+    )
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bench_live = bench_sub.add_parser("live", parents=[common])
     bench_live.add_argument("--participants", type=int, nargs="+", default=[5, 10, 20, 40])

@@ -5,6 +5,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -21,7 +22,7 @@ CHUNK_S = 0.02
 class JsonLinesSink:
     """Prints every frame as one JSON line."""
 
-    def __init__(self, stream=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
         self.stream = stream
 
     def emit(self, frame: AnyFrame) -> None:

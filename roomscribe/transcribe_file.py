@@ -3,17 +3,20 @@
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from config import Settings
 from engines.base import SAMPLE_RATE
 from engines.factory import load_engine
 from pipeline.audio_io import decode_file
+from pipeline.exports import ExportFormat, render
 from protocol import Word
 from protocol.transcript import Segment, Speaker, Transcript
 
 
 def transcribe_samples(
-    settings: Settings, samples, model: str, language: str | None = None
-) -> Transcript:  # type: ignore[no-untyped-def]
+    settings: Settings, samples: np.ndarray, model: str, language: str | None = None
+) -> Transcript:
     engine = load_engine(model, settings)
     try:
         finals = engine.transcribe(samples.astype("float32") / 32768.0, language)
@@ -44,8 +47,6 @@ def transcribe_samples(
 
 
 def transcribe_file(
-    settings: Settings, path: Path, model: str, fmt: str, language: str | None = None
+    settings: Settings, path: Path, model: str, fmt: ExportFormat, language: str | None = None
 ) -> str:
-    from pipeline.exports import render
-
-    return render(transcribe_samples(settings, decode_file(path), model, language), fmt)  # type: ignore[arg-type]
+    return render(transcribe_samples(settings, decode_file(path), model, language), fmt)
