@@ -1,18 +1,21 @@
 """Whisper (faster-whisper / CTranslate2) made streaming: VAD cuts utterances, the open
 utterance is re-decoded at a cadence for partials, the closed one decoded once for its final.
 
-Whisper pads every input to a 30 s window, which makes a decode cost the same whatever the
-clip length. CTranslate2's encoder takes shorter inputs, so each clip is encoded as it is plus
-one second of silence: a fifth to a tenth of the padded cost. Partials are decoded greedily;
-finals with beam search and word timestamps (cross-attention alignment on the same short
-encoder output). The partial cadence is in audio seconds and stretches with the scheduler's
-``load``.
+Partials are cheap: greedy, on the clip encoded at its own length (:mod:`engines.whisper_align`).
+Finals are decoded the way the offline model is called: the whole 30 s window, beam search,
+after the speaker's previous final as prompt, with guards against decode loops (repeated
+phrases, compression ratio, more words than the audio can hold, no-speech probability): a
+guarded final is decoded again with repeated n-grams banned, then cut at the repetition.
 Partials keep a stable prefix: words two consecutive decodes agree on are committed and
-never retracted, so captions do not flicker.
+never change, punctuation and case included; the final begins with that prefix and goes on
+with the final decode's words after the point where it matches the prefix's last words.
+The partial cadence is in audio seconds and stretches with the scheduler's ``load``.
 """
 
+import difflib
 import re
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,6 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import merge_punctuations
 
 from engines.base import (
     SAMPLE_RATE,
@@ -34,6 +36,13 @@ from engines.base import (
 )
 from engines.silero import SileroGate
 from engines.vad import FRAME, SpeechGate, VadConfig
+from engines.whisper_align import encode, timed_words
+
+MAX_WORDS_PER_S = 5.0
+MAX_COMPRESSION = 2.4
+PROMPT_TOKENS = 96
+# at ``max_utterance_s`` the cut goes to the quietest frame of this last stretch
+CUT_SEARCH_S = 2.0
 
 
 @dataclass
@@ -72,32 +81,67 @@ def _norm(word: str) -> str:
     return re.sub(r"[^\w']", "", word.lower())
 
 
-def _join_word_pieces(alignment: list[dict]) -> list[dict]:
-    """Whisper splits "cold-hearted" into "cold" + "-hearted": a piece without a leading space
-    continues the word before it."""
-    words: list[dict] = []
-    for piece in alignment:
-        if words and piece["word"] and not piece["word"].startswith(" "):
-            last = words[-1]
-            last["word"] += piece["word"]
-            last["end"] = piece["end"]
-            last["probability"] = min(last["probability"], piece["probability"])
-        elif piece["word"]:
-            words.append(dict(piece))
-    return words
-
-
 def cut_repetition(words: list[str]) -> list[str]:
-    """Drop a decode loop: from the first phrase of 2-6 words that repeats back to back."""
+    """Drop a decode loop: from the first phrase of 2-10 words that repeats back to back, or
+    the point where a phrase of 4+ words comes back a second time."""
     keys = [_norm(w) for w in words]
     for begin in range(len(keys)):
-        for size in range(2, 7):
+        for size in range(2, 11):
             if (
                 begin + 2 * size <= len(keys)
                 and keys[begin : begin + size] == keys[begin + size : begin + 2 * size]
             ):
                 return words[: begin + size]
+    seen: dict[tuple[str, ...], int] = {}
+    for begin in range(len(keys) - 3):
+        gram = tuple(keys[begin : begin + 4])
+        if gram in seen and seen[gram] + 4 <= begin:
+            return words[:begin]
+        seen.setdefault(gram, begin)
     return words
+
+
+def looks_looped(text: str, seconds: float) -> bool:
+    """The decode-loop signs Whisper's own fallback looks for, plus a cut repetition and more
+    words than ``seconds`` of speech can hold."""
+    words = text.split()
+    if not words:
+        return False
+    compressed = len(text.encode()) / max(1, len(zlib.compress(text.encode())))
+    return (
+        compressed > MAX_COMPRESSION
+        or len(cut_repetition(words)) < len(words)
+        or len(words) > MAX_WORDS_PER_S * seconds + 3
+    )
+
+
+def continue_prefix(committed: list[str], words: list[str]) -> int:
+    """Index in ``words`` (a new decode of the same utterance) where it goes on past the
+    ``committed`` prefix: just after its match of the prefix's words, looked for among its
+    first words only (the prefix's length when nothing matches)."""
+    if not committed:
+        return 0
+    head = [_norm(w) for w in words[: len(committed) + 3]]
+    matcher = difflib.SequenceMatcher(None, [_norm(w) for w in committed], head, autojunk=False)
+    last = max((m.b + m.size for m in matcher.get_matching_blocks() if m.size), default=0)
+    return last or min(len(committed), len(words))
+
+
+def _after_prefix(
+    committed: list[str], words: list[RecognizedWord], start: float, end: float
+) -> list[RecognizedWord]:
+    """The committed words (their times spread over the final words they match) followed by
+    the final's words past them."""
+    cut = continue_prefix(committed, [w.word for w in words])
+    matched = words[:cut]
+    low = matched[0].start if matched else start
+    high = matched[-1].end if matched else (words[0].start if words else end)
+    step = (high - low) / len(committed)
+    head = [
+        RecognizedWord(word, round(low + i * step, 3), round(low + (i + 1) * step, 3), 1.0)
+        for i, word in enumerate(committed)
+    ]
+    return head + words[cut:]
 
 
 class WhisperChunkedEngine(Engine):
@@ -143,58 +187,71 @@ class WhisperChunkedEngine(Engine):
             )
         return self._tokenizers[language]
 
+    def _prompt(self, tokenizer: Tokenizer, previous: str) -> list[int]:
+        context = tokenizer.encode(" " + previous.strip())[-PROMPT_TOKENS:] if previous else []
+        head = [tokenizer.sot_prev, *context] if context else []
+        return [*head, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+
     def decode(
-        self, samples: np.ndarray, offset: float, language: str | None, final: bool = True
+        self,
+        samples: np.ndarray,
+        offset: float,
+        language: str | None,
+        final: bool = True,
+        previous: str = "",
     ) -> tuple[str, list[RecognizedWord], str | None]:
-        """Text, words (finals only; times shifted by ``offset``) and language of one clip."""
-        features = self.model.feature_extractor(samples)
-        content = features.shape[-1]
-        frames = min(3000, int(np.ceil((content + 100) / 100) * 100))
-        window = np.zeros((features.shape[0], frames), np.float32)
-        window[:, : min(frames, content)] = features[:, :frames]
-        encoded = self.model.model.encode(
-            ctranslate2.StorageView.from_array(window[None]), to_cpu=False
-        )
+        """Text, words (finals only; times shifted by ``offset``) and language of one clip.
+        ``previous`` (the speaker's last final) prompts a final decode."""
+        seconds = samples.size / SAMPLE_RATE
+        if final:
+            padded = np.zeros(max(samples.size, 30 * SAMPLE_RATE), np.float32)
+            padded[: samples.size] = samples
+            encoded, _ = encode(self.model, padded)
+            content = min(3000, int(np.ceil(seconds * 100)))
+        else:
+            encoded, content = encode(self.model, samples)
         if language is None and self.model.model.is_multilingual:
             language = self.model.model.detect_language(encoded)[0][0][0][2:-2]
         tokenizer = self._tokenizer(language or "en")
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        prompt = self._prompt(tokenizer, previous if final else "")
+        tokens, text, speech = self._generate(encoded, tokenizer, prompt, final, seconds)
+        if final and speech and looks_looped(text, seconds):
+            tokens, text, speech = self._generate(encoded, tokenizer, prompt, final, seconds, 3)
+            if looks_looped(text, seconds):
+                kept = cut_repetition(text.split())[: int(MAX_WORDS_PER_S * seconds) + 3]
+                text = " ".join(kept)
+                tokens = tokenizer.encode(" " + text)
+        if not speech:
+            return "", [], language
+        if not final or not tokens:
+            return text, [], language
+        return text, timed_words(self.model, tokenizer, tokens, encoded, content, offset), language
+
+    def _generate(
+        self,
+        encoded: ctranslate2.StorageView,
+        tokenizer: Tokenizer,
+        prompt: list[int],
+        final: bool,
+        seconds: float,
+        no_repeat: int = 0,
+    ) -> tuple[list[int], str, bool]:
         # speech rarely exceeds 6 tokens a second; a cap stops short-clip repetition loops
-        budget = len(prompt) + 8 + int(8 * samples.size / SAMPLE_RATE)
+        budget = 8 + int(8 * seconds)
         result = self.model.model.generate(
             encoded,
             [prompt],
             beam_size=self.options.final_beam_size if final else 1,
-            max_length=min(224, budget),
-            no_repeat_ngram_size=0 if final else 4,
+            max_length=min(448 - len(prompt), budget) + len(prompt),
+            no_repeat_ngram_size=no_repeat if final else 4,
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,
             return_no_speech_prob=True,
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        if result.no_speech_prob > 0.6 and result.scores[0] < -1.0:
-            return "", [], language
-        text = str(tokenizer.decode(tokens)).strip()
-        if not final or not tokens:
-            return text, [], language
-        words: list[RecognizedWord] = []
-        end_limit = offset + samples.size / SAMPLE_RATE
-        alignment = self.model.find_alignment(tokenizer, [tokens], encoded, content)[0]
-        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
-        for word in _join_word_pieces(alignment):
-            start = min(max(offset + float(word["start"]), offset), end_limit)
-            end = min(max(offset + float(word["end"]), start), end_limit)
-            if word["word"].strip():
-                words.append(
-                    RecognizedWord(
-                        word["word"].strip(),
-                        round(start, 3),
-                        round(end, 3),
-                        round(float(word["probability"]), 3),
-                    )
-                )
-        return text, words, language
+        speech = not (result.no_speech_prob > 0.6 and result.scores[0] < -1.0)
+        return tokens, str(tokenizer.decode(tokens)).strip(), speech
 
     def holds_speech(self, utterance: "_Utterance", samples: np.ndarray) -> bool:
         """Whether the neural gate confirms speech (always true without a gate)."""
@@ -219,6 +276,7 @@ class WhisperStream(EngineStream):
         self._count = 0
         self._finished = False
         self._max_size = int(self.options.max_utterance_s * SAMPLE_RATE)
+        self._previous_final = ""
 
     def accept(self, samples: np.ndarray) -> None:
         with self.lock:
@@ -247,10 +305,25 @@ class WhisperStream(EngineStream):
                 self._trim(self._open, keep * FRAME)
                 self._close()
             elif self._open.size >= self._max_size:
-                self._close()
-                self._open = _Utterance(self._count, self._position + FRAME)
-                self._count += 1
+                self._split_open()
         self._position += FRAME
+
+    def _split_open(self) -> None:
+        """Close the over-long open utterance at the quietest frame of its last
+        ``CUT_SEARCH_S`` (a breath between words, not mid-word); the rest opens the next."""
+        assert self._open is not None
+        samples = self._open.samples()
+        search = min(samples.size, int(CUT_SEARCH_S * SAMPLE_RATE)) // FRAME * FRAME
+        tail = samples[samples.size - search :].reshape(-1, FRAME)
+        cut = samples.size - search + int(np.argmin(np.square(tail).mean(axis=1))) * FRAME
+        head = _Utterance(self._open.index, self._open.start, confirmed=self._open.confirmed)
+        head.add(samples[:cut])
+        head.committed = self._open.committed
+        head.partials_sent = self._open.partials_sent
+        self._closed.append(head)
+        self._open = _Utterance(self._count, self._open.start + cut, confirmed=head.confirmed)
+        self._open.add(samples[cut:])
+        self._count += 1
 
     @staticmethod
     def _trim(utterance: _Utterance, samples: int) -> None:
@@ -320,15 +393,21 @@ class WhisperStream(EngineStream):
         if not self.engine.holds_speech(utterance, samples):
             self.stats.rejected_utterances += 1
             return []
-        text, words, language = self.engine.decode(samples, start, self.language)
+        text, words, language = self.engine.decode(
+            samples, start, self.language, previous=self._previous_final
+        )
+        committed = utterance.committed
+        if committed:
+            words = _after_prefix(committed, words, start, end)
+            text = " ".join(w.word for w in words)
         if not text and not utterance.partials_sent:
             return []
         if text and not words:
             words = [RecognizedWord(text, start, end, 0.0)]
+        self._previous_final = text
+        stable = len(text)
         return [
-            Hypothesis(
-                "final", utterance.index, text, start, end, tuple(words), language, len(text)
-            )
+            Hypothesis("final", utterance.index, text, start, end, tuple(words), language, stable)
         ]
 
     def _partial(self) -> list[Hypothesis]:
@@ -344,15 +423,15 @@ class WhisperStream(EngineStream):
         text, _, language = self.engine.decode(samples, start, self.language, final=False)
         words = cut_repetition(text.split())
         committed = utterance.committed
+        fresh = words[continue_prefix(committed, words) :]
         agreed = 0
-        for mine, previous in zip(words, utterance.previous, strict=False):
+        for mine, previous in zip(fresh, utterance.previous, strict=False):
             if _norm(mine) != _norm(previous):
                 break
             agreed += 1
-        if agreed > len(committed):
-            committed[:] = words[:agreed]
-        shown = committed + words[len(committed) :]
-        utterance.previous = words
+        committed.extend(fresh[:agreed])
+        utterance.previous = fresh[agreed:]
+        shown = committed + utterance.previous
         if not shown:
             return []
         utterance.partials_sent += 1

@@ -1,0 +1,217 @@
+"""Every path keeps the words the model hears: batch and post-call decoding against the plain
+faster-whisper call on the same audio, live finals against offline, stable prefixes that hold.
+
+The dev meeting (``bench.devsets``) has pauses of 0.5-15 s, a turn right after a long silence,
+a long turn after a short pause near the end and a short turn at the very end: the layout
+that used to lose a turn.
+"""
+
+import asyncio
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faster_whisper import WhisperModel
+
+from bench.devsets import dev_meeting, librivox, speaker_reference
+from bench.scoring import normalize, wer
+from config import load_settings
+from engines.models import resolve
+from engines.whisper_batch import WhisperBatch
+from engines.whisper_chunked import continue_prefix, cut_repetition, looks_looped
+from pipeline.call import CallSession
+from pipeline.runtime import LiveRuntime
+from pipeline.sink import CollectingSink
+from protocol import CaptionFrame
+from tests.live_helpers import live_engine
+
+# one word in about 200: enough to catch a lost sentence, not one word's coin flip
+SLACK = 0.005
+
+
+@cache
+def model_path(name: str) -> Path:
+    return Path(resolve(name, load_settings().data_dir).path)
+
+
+@cache
+def plain(name: str) -> WhisperModel:
+    return WhisperModel(str(model_path(name)), device="cpu", compute_type="int8")
+
+
+@cache
+def batch(name: str) -> WhisperBatch:
+    return WhisperBatch(name, model_path(name), 2)
+
+
+def plain_text(name: str, audio: np.ndarray) -> str:
+    segments, _ = plain(name).transcribe(
+        audio.astype(np.float32) / 32768, beam_size=5, vad_filter=True
+    )
+    return " ".join(s.text for s in segments)
+
+
+def test_every_turn_of_the_mix_is_transcribed_and_never_worse_than_plain() -> None:
+    meeting = dev_meeting(3)
+    result = batch("whisper-base").transcribe(meeting.mix)
+    words = [w for s in result.segments for w in s.words]
+    for turn in meeting.utterances:
+        heard = {
+            normalize(w.word)
+            for w in words
+            if w.end > turn.start - 0.5 and w.start < turn.end + 0.5
+        }
+        said = set(normalize(turn.text).split())
+        assert len(said & heard) >= 0.6 * len(said), f"turn at {turn.start} s lost: {turn.text}"
+    assert result.uncovered == ()
+    ours = wer(meeting.reference_text(), " ".join(s.text for s in result.segments))
+    theirs = wer(meeting.reference_text(), plain_text("whisper-base", meeting.mix))
+    assert ours <= theirs + SLACK, (ours, theirs)
+
+
+def test_each_track_is_as_good_as_the_plain_model() -> None:
+    meeting = dev_meeting(3)
+    for participant, track in meeting.tracks.items():
+        reference = speaker_reference(meeting, participant)
+        result = batch("whisper-tiny.en").transcribe(track)
+        ours = wer(reference, " ".join(s.text for s in result.segments))
+        theirs = wer(reference, plain_text("whisper-tiny.en", track))
+        assert ours <= theirs + SLACK, (participant, ours, theirs)
+        for segment in result.segments:
+            assert " -" not in segment.text, segment.text  # word pieces joined
+
+
+def test_a_silent_track_is_an_empty_transcript() -> None:
+    rng = np.random.default_rng(1)
+    result = batch("whisper-tiny.en").transcribe(
+        (rng.standard_normal(16000 * 5) * 30).astype(np.int16)
+    )
+    assert result.segments == [] and result.uncovered == ()
+
+
+async def live_finals(
+    tracks: dict[str, np.ndarray], realtime: bool, tmp_path: Path
+) -> tuple[dict[str, list[CaptionFrame]], list[CaptionFrame]]:
+    sink = CollectingSink()
+    runtime = await LiveRuntime.create(load_settings(data_dir=tmp_path), sink, engine=live_engine())
+    try:
+        call = CallSession(runtime, "dev")
+        await call.start()
+        streams = {name: call.add_participant(name, None, offset=0.0) for name in tracks}
+        step = 1600
+        length = max(t.size for t in tracks.values())
+        began = asyncio.get_running_loop().time()
+        for index, begin in enumerate(range(0, length, step)):
+            for name, stream in streams.items():
+                stream.push(tracks[name][begin : begin + step])
+            if realtime:
+                due = began + (index + 1) * step / 16000
+                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+            else:
+                await asyncio.sleep(0)
+        await call.end("done")
+    finally:
+        await runtime.aclose()
+    frames = [f for f in sink.frames if isinstance(f, CaptionFrame)]
+    finals: dict[str, list[CaptionFrame]] = {name: [] for name in tracks}
+    for frame in frames:
+        if frame.type == "final":
+            finals[frame.participant].append(frame)
+    return finals, frames
+
+
+def stable_violations(frames: list[CaptionFrame]) -> list[str]:
+    """Revisions that changed text an earlier frame of the same segment declared stable."""
+    promised: dict[tuple[str, str], str] = {}
+    found = []
+    for frame in frames:
+        key = (frame.participant, frame.segment_id)
+        earlier = promised.get(key, "")
+        if not frame.text.startswith(earlier):
+            found.append(f"{earlier!r} -> {frame.text!r}")
+        stable = frame.text[: frame.stable_chars]
+        if len(stable) > len(earlier):
+            promised[key] = stable
+    return found
+
+
+async def test_live_finals_are_close_to_offline_and_stable_text_never_changes(
+    tmp_path: Path,
+) -> None:
+    meeting = dev_meeting(3)
+    finals, frames = await live_finals(meeting.tracks, realtime=False, tmp_path=tmp_path)
+    assert stable_violations(frames) == []
+    pooled_live, pooled_offline, references = [], [], []
+    for participant, track in meeting.tracks.items():
+        reference = speaker_reference(meeting, participant)
+        live = " ".join(f.text for f in finals[participant])
+        offline = plain_text("whisper-tiny.en", track)
+        assert wer(reference, live) <= wer(reference, offline) + 0.08, (participant, live)
+        references.append(reference)
+        pooled_live.append(live)
+        pooled_offline.append(offline)
+    ours = wer(" ".join(references), " ".join(pooled_live))
+    theirs = wer(" ".join(references), " ".join(pooled_offline))
+    assert ours <= theirs + 0.015, (ours, theirs)
+
+
+async def test_live_finals_do_not_depend_on_feed_speed(tmp_path: Path) -> None:
+    clips = librivox()
+    gap = np.zeros(16000, np.int16)
+    track = np.concatenate([part for clip in clips[:3] for part in (clip.samples, gap)])
+    fast, _ = await live_finals({"reader": track}, realtime=False, tmp_path=tmp_path / "a")
+    slow, frames = await live_finals({"reader": track}, realtime=True, tmp_path=tmp_path / "b")
+    assert [normalize(f.text) for f in fast["reader"]] == [
+        normalize(f.text) for f in slow["reader"]
+    ]
+    assert stable_violations(frames) == []
+
+
+@pytest.mark.parametrize(
+    ("words", "kept"),
+    [
+        (["X", "again.", "X", "again.", "X", "again.", "and"], ["X", "again."]),
+        (
+            [
+                "I",
+                "can",
+                "help",
+                "with",
+                "the",
+                "testing",
+                "next",
+                "week.",
+                "I",
+                "can",
+                "help",
+                "with",
+                "the",
+                "testing",
+            ],
+            ["I", "can", "help", "with", "the", "testing", "next", "week."],
+        ),
+        (
+            ["he", "was", "not", "an", "ill", "disposed", "young", "man"],
+            ["he", "was", "not", "an", "ill", "disposed", "young", "man"],
+        ),
+    ],
+)
+def test_repetition_is_cut(words: list[str], kept: list[str]) -> None:
+    assert cut_repetition(words) == kept
+
+
+def test_loop_signs() -> None:
+    assert looks_looped("the the the the the the the the the the the the", 6.0)
+    assert looks_looped("one two three four five six seven eight nine ten eleven", 1.0)
+    assert not looks_looped("He was not an ill-disposed young man.", 3.0)
+
+
+def test_a_final_goes_on_from_the_committed_prefix() -> None:
+    committed = ["With", "Apache", "licensed"]
+    assert (
+        continue_prefix(committed, ["With", "a", "patchy", "licensed", "weights", "we", "ship"])
+        == 4
+    )
+    assert continue_prefix(committed, ["completely", "different", "words", "here"]) == 3
+    assert continue_prefix([], ["anything"]) == 0
