@@ -38,6 +38,12 @@ class RecognizeStream:
     def backlog_seconds(self) -> float:
         return self._stream.backlog_seconds
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to decode and nothing being decoded: a feeder faster than real time waits
+        for this, so every decode a real-time feed would get happens (same results)."""
+        return not self._reg.in_flight and self._stream.next_work(self._scheduler.load) is None
+
     def push_frame(self, pcm: bytes | np.ndarray) -> None:
         """16 kHz mono audio: s16le bytes, int16 or float32 samples."""
         if self._ended:

@@ -38,6 +38,7 @@ def join_word_pieces(alignment: list[dict]) -> list[dict]:
             last["word"] += piece["word"]
             last["end"] = piece["end"]
             last["probability"] = min(last["probability"], piece["probability"])
+            last["tokens"] = [*last["tokens"], *piece["tokens"]]
         elif piece["word"]:
             words.append(dict(piece))
     return words
@@ -50,9 +51,10 @@ def timed_words(
     encoded: ctranslate2.StorageView,
     content: int,
     offset: float,
+    skip: int = 0,
 ) -> list[RecognizedWord]:
     """The words of ``tokens`` (text tokens only) with times in the clip plus ``offset``,
-    kept inside the clip."""
+    kept inside the clip; the words of the first ``skip`` tokens (context) are left out."""
     text_tokens = [t for t in tokens if t < tokenizer.eot]
     if not text_tokens:
         return []
@@ -60,7 +62,11 @@ def timed_words(
     merge_punctuations(alignment, PREPEND, APPEND)
     end_limit = offset + content / 100
     words: list[RecognizedWord] = []
+    seen = 0
     for word in join_word_pieces(alignment):
+        seen += len(word["tokens"])
+        if seen <= skip:
+            continue
         text = word["word"].strip()
         if not text:
             continue

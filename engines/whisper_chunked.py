@@ -6,13 +6,13 @@ Finals are decoded the way the offline model is called: the whole 30 s window, b
 after the speaker's previous final as prompt, with guards against decode loops (repeated
 phrases, compression ratio, more words than the audio can hold, no-speech probability): a
 guarded final is decoded again with repeated n-grams banned, then cut at the repetition.
-Partials keep a stable prefix: words two consecutive decodes agree on are committed and
-never change, punctuation and case included; the final begins with that prefix and goes on
-with the final decode's words after the point where it matches the prefix's last words.
+Partials keep a stable prefix: words two consecutive decodes agree on (not the last words of
+a decode, which may hear a word cut off) are committed and never change, punctuation and case
+included. Every later decode of the utterance, partial or final, is forced to begin with the
+committed words and goes on from them.
 The partial cadence is in audio seconds and stretches with the scheduler's ``load``.
 """
 
-import difflib
 import re
 import time
 import zlib
@@ -40,9 +40,16 @@ from engines.whisper_align import encode, timed_words
 
 MAX_WORDS_PER_S = 5.0
 MAX_COMPRESSION = 2.4
-PROMPT_TOKENS = 96
+CONTEXT_S = 12.0
+CONTEXT_TOKENS = 120
 # at ``max_utterance_s`` the cut goes to the quietest frame of this last stretch
 CUT_SEARCH_S = 2.0
+# the last words of a partial decode hear a word cut off mid-way: never committed from there
+HOLD_BACK_WORDS = 1
+# a word is committed when this many consecutive partial decodes agree on it
+AGREEING = 3
+# nothing is committed before this much of the utterance is heard (its first word settles)
+MIN_COMMIT_S = 1.5
 
 
 @dataclass
@@ -53,6 +60,7 @@ class WhisperOptions:
     min_partial_s: float = 0.4
     vad: VadConfig = field(default_factory=VadConfig)
     final_beam_size: int = 5
+    partial_beam_size: int = 3
     partials: bool = True
     neural_gate: bool = True
 
@@ -66,7 +74,7 @@ class _Utterance:
     decoded_size: int = 0
     confirmed: bool = False
     committed: list[str] = field(default_factory=list)
-    previous: list[str] = field(default_factory=list)
+    earlier: list[list[str]] = field(default_factory=list)
     partials_sent: int = 0
 
     def add(self, frame: np.ndarray) -> None:
@@ -115,33 +123,28 @@ def looks_looped(text: str, seconds: float) -> bool:
     )
 
 
-def continue_prefix(committed: list[str], words: list[str]) -> int:
-    """Index in ``words`` (a new decode of the same utterance) where it goes on past the
-    ``committed`` prefix: just after its match of the prefix's words, looked for among its
-    first words only (the prefix's length when nothing matches)."""
-    if not committed:
-        return 0
-    head = [_norm(w) for w in words[: len(committed) + 3]]
-    matcher = difflib.SequenceMatcher(None, [_norm(w) for w in committed], head, autojunk=False)
-    last = max((m.b + m.size for m in matcher.get_matching_blocks() if m.size), default=0)
-    return last or min(len(committed), len(words))
+@dataclass(frozen=True)
+class Context:
+    """A speaker's latest finals: their audio (at most ``CONTEXT_S``) and text."""
 
+    samples: np.ndarray
+    text: str
 
-def _after_prefix(
-    committed: list[str], words: list[RecognizedWord], start: float, end: float
-) -> list[RecognizedWord]:
-    """The committed words (their times spread over the final words they match) followed by
-    the final's words past them."""
-    cut = continue_prefix(committed, [w.word for w in words])
-    matched = words[:cut]
-    low = matched[0].start if matched else start
-    high = matched[-1].end if matched else (words[0].start if words else end)
-    step = (high - low) / len(committed)
-    head = [
-        RecognizedWord(word, round(low + i * step, 3), round(low + (i + 1) * step, 3), 1.0)
-        for i, word in enumerate(committed)
-    ]
-    return head + words[cut:]
+    @staticmethod
+    def keep(earlier: "Context | None", samples: np.ndarray, text: str) -> "Context":
+        """``earlier`` with one more final, trimmed to whole finals that fit the bounds."""
+        finals = [*(earlier.finals if earlier else ()), (samples, text)]
+        while len(finals) > 1 and (
+            sum(s.size for s, _ in finals) > CONTEXT_S * SAMPLE_RATE
+            or sum(len(t) for _, t in finals) > CONTEXT_TOKENS * 3
+        ):
+            finals.pop(0)
+        if finals[0][0].size > CONTEXT_S * SAMPLE_RATE:
+            finals = []
+        glued = np.concatenate([s for s, _ in finals]) if finals else np.zeros(0, np.float32)
+        return Context(glued, " ".join(t for _, t in finals), tuple(finals))
+
+    finals: tuple[tuple[np.ndarray, str], ...] = ()
 
 
 class WhisperChunkedEngine(Engine):
@@ -187,45 +190,57 @@ class WhisperChunkedEngine(Engine):
             )
         return self._tokenizers[language]
 
-    def _prompt(self, tokenizer: Tokenizer, previous: str) -> list[int]:
-        context = tokenizer.encode(" " + previous.strip())[-PROMPT_TOKENS:] if previous else []
-        head = [tokenizer.sot_prev, *context] if context else []
-        return [*head, *tokenizer.sot_sequence, tokenizer.no_timestamps]
-
     def decode(
         self,
         samples: np.ndarray,
         offset: float,
         language: str | None,
         final: bool = True,
-        previous: str = "",
+        prefix: str = "",
+        context: "Context | None" = None,
     ) -> tuple[str, list[RecognizedWord], str | None]:
         """Text, words (finals only; times shifted by ``offset``) and language of one clip.
-        ``previous`` (the speaker's last final) prompts a final decode."""
+        The decode goes on from ``prefix`` (text already committed: the result begins with
+        it). The decode hears ``context`` first (the speaker's latest finals: their audio
+        before the clip in the same window, their text forced), as the offline model hears a
+        speaker's earlier speech glued before the current turn."""
         seconds = samples.size / SAMPLE_RATE
+        before = context.samples if context is not None else np.zeros(0, np.float32)
+        if before.size + samples.size > 29 * SAMPLE_RATE:
+            before = before[:0]
+        heard = np.concatenate((before, samples)) if before.size else samples
         if final:
-            padded = np.zeros(max(samples.size, 30 * SAMPLE_RATE), np.float32)
-            padded[: samples.size] = samples
+            padded = np.zeros(max(heard.size, 30 * SAMPLE_RATE), np.float32)
+            padded[: heard.size] = heard
             encoded, _ = encode(self.model, padded)
-            content = min(3000, int(np.ceil(seconds * 100)))
+            content = min(3000, int(np.ceil(heard.size / 160)))
         else:
-            encoded, content = encode(self.model, samples)
+            encoded, content = encode(self.model, heard)
         if language is None and self.model.model.is_multilingual:
             language = self.model.model.detect_language(encoded)[0][0][0][2:-2]
         tokenizer = self._tokenizer(language or "en")
-        prompt = self._prompt(tokenizer, previous if final else "")
+        said = tokenizer.encode(" " + context.text) if before.size and context else []
+        forced = tokenizer.encode(" " + prefix.strip()) if prefix.strip() else []
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *said, *forced]
         tokens, text, speech = self._generate(encoded, tokenizer, prompt, final, seconds)
         if final and speech and looks_looped(text, seconds):
             tokens, text, speech = self._generate(encoded, tokenizer, prompt, final, seconds, 3)
             if looks_looped(text, seconds):
                 kept = cut_repetition(text.split())[: int(MAX_WORDS_PER_S * seconds) + 3]
                 text = " ".join(kept)
-                tokens = tokenizer.encode(" " + text)
-        if not speech:
+                tokens = tokenizer.encode(" " + text) if text else []
+        if forced:
+            text = " ".join(filter(None, (prefix.strip(), text)))
+            tokens = forced + tokens
+        elif not speech:
             return "", [], language
         if not final or not tokens:
             return text, [], language
-        return text, timed_words(self.model, tokenizer, tokens, encoded, content, offset), language
+        shift = offset - before.size / SAMPLE_RATE
+        words = timed_words(
+            self.model, tokenizer, said + tokens, encoded, content, shift, len(said)
+        )
+        return text, [w for w in words if w.end > offset], language
 
     def _generate(
         self,
@@ -236,13 +251,15 @@ class WhisperChunkedEngine(Engine):
         seconds: float,
         no_repeat: int = 0,
     ) -> tuple[list[int], str, bool]:
-        # speech rarely exceeds 6 tokens a second; a cap stops short-clip repetition loops
-        budget = 8 + int(8 * seconds)
+        # speech rarely exceeds 6 tokens a second; a cap stops short-clip repetition loops.
+        # The result repeats the forced tokens after <|notimestamps|>, and they count too.
+        forced = prompt[prompt.index(tokenizer.no_timestamps) + 1 :]
+        budget = len(prompt) + len(forced) + 8 + int(8 * seconds)
         result = self.model.model.generate(
             encoded,
             [prompt],
-            beam_size=self.options.final_beam_size if final else 1,
-            max_length=min(448 - len(prompt), budget) + len(prompt),
+            beam_size=self.options.final_beam_size if final else self.options.partial_beam_size,
+            max_length=min(448, budget),
             no_repeat_ngram_size=no_repeat if final else 4,
             suppress_blank=True,
             suppress_tokens=[-1],
@@ -250,6 +267,8 @@ class WhisperChunkedEngine(Engine):
             return_no_speech_prob=True,
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        if forced and tokens[: len(forced)] == forced:
+            tokens = tokens[len(forced) :]  # the result repeats a forced prefix
         speech = not (result.no_speech_prob > 0.6 and result.scores[0] < -1.0)
         return tokens, str(tokenizer.decode(tokens)).strip(), speech
 
@@ -276,7 +295,8 @@ class WhisperStream(EngineStream):
         self._count = 0
         self._finished = False
         self._max_size = int(self.options.max_utterance_s * SAMPLE_RATE)
-        self._previous_final = ""
+        self._context: Context | None = None
+        self._partial_step = self._step(1.0)
 
     def accept(self, samples: np.ndarray) -> None:
         with self.lock:
@@ -353,16 +373,22 @@ class WhisperStream(EngineStream):
             utterance = self._open
             if utterance is None or not self.options.partials:
                 return None
-            interval = min(
-                self.options.partial_interval_s * load, self.options.max_partial_interval_s
-            )
-            fresh = utterance.size - utterance.decoded_size
+            self._partial_step = self._step(load)
             if (
                 utterance.size >= self.options.min_partial_s * SAMPLE_RATE
-                and fresh >= interval * SAMPLE_RATE
+                and self._partial_cut(utterance) > utterance.decoded_size
             ):
                 return Work.PARTIAL
             return None
+
+    def _step(self, load: float) -> int:
+        seconds = min(self.options.partial_interval_s * load, self.options.max_partial_interval_s)
+        return max(1, round(seconds * SAMPLE_RATE / FRAME)) * FRAME
+
+    def _partial_cut(self, utterance: _Utterance) -> int:
+        """Partials decode the utterance up to the latest multiple of the cadence: the same
+        input whatever the feed speed, as long as decoding keeps up."""
+        return utterance.size // self._partial_step * self._partial_step
 
     @property
     def done(self) -> bool:
@@ -393,18 +419,16 @@ class WhisperStream(EngineStream):
         if not self.engine.holds_speech(utterance, samples):
             self.stats.rejected_utterances += 1
             return []
+        committed = " ".join(utterance.committed)
         text, words, language = self.engine.decode(
-            samples, start, self.language, previous=self._previous_final
+            samples, start, self.language, prefix=committed, context=self._context
         )
-        committed = utterance.committed
-        if committed:
-            words = _after_prefix(committed, words, start, end)
-            text = " ".join(w.word for w in words)
         if not text and not utterance.partials_sent:
             return []
         if text and not words:
             words = [RecognizedWord(text, start, end, 0.0)]
-        self._previous_final = text
+        if text:
+            self._context = Context.keep(self._context, samples, text)
         stable = len(text)
         return [
             Hypothesis("final", utterance.index, text, start, end, tuple(words), language, stable)
@@ -415,23 +439,29 @@ class WhisperStream(EngineStream):
             utterance = self._open
             if utterance is None:
                 return []
-            samples = utterance.samples()
-            utterance.decoded_size = samples.size
+            cut = self._partial_cut(utterance)
+            if cut <= utterance.decoded_size:
+                return []
+            samples = utterance.samples()[:cut]
+            utterance.decoded_size = cut
         start = utterance.start / SAMPLE_RATE
         if not self.engine.holds_speech(utterance, samples):
             return []
-        text, _, language = self.engine.decode(samples, start, self.language, final=False)
-        words = cut_repetition(text.split())
         committed = utterance.committed
-        fresh = words[continue_prefix(committed, words) :]
+        text, _, language = self.engine.decode(
+            samples, start, self.language, False, " ".join(committed), self._context
+        )
+        fresh = cut_repetition(text.split())[len(committed) :]
         agreed = 0
-        for mine, previous in zip(fresh, utterance.previous, strict=False):
-            if _norm(mine) != _norm(previous):
-                break
-            agreed += 1
+        if samples.size >= MIN_COMMIT_S * SAMPLE_RATE and len(utterance.earlier) >= AGREEING - 1:
+            decodes = [d[:-HOLD_BACK_WORDS] for d in [*utterance.earlier, fresh]]
+            for column in zip(*decodes, strict=False):
+                if len({_norm(word) for word in column}) != 1:
+                    break
+                agreed += 1
         committed.extend(fresh[:agreed])
-        utterance.previous = fresh[agreed:]
-        shown = committed + utterance.previous
+        utterance.earlier = [d[agreed:] for d in [*utterance.earlier, fresh]][-(AGREEING - 1) :]
+        shown = committed + fresh[agreed:]
         if not shown:
             return []
         utterance.partials_sent += 1

@@ -1,5 +1,6 @@
 """One participant's audio in, that participant's caption frames out."""
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -71,6 +72,12 @@ class SpeakerStream:
     @property
     def audio_seconds(self) -> float:
         return self._received / SAMPLE_RATE
+
+    async def caught_up(self) -> None:
+        """Wait until recognition has decoded everything pushed so far (for feeds faster
+        than real time)."""
+        while not self._recognizer.idle:  # noqa: ASYNC110 - decode-thread state, no event
+            await asyncio.sleep(0.005)
 
     def push(
         self,
