@@ -88,10 +88,13 @@ def write_call(meeting: Meeting, data_dir: Path, call_id: str) -> CallRecord:
     directory = data_dir / "calls" / call_id
     directory.mkdir(parents=True)
     call = CallRecord(call_id, "bench-room", directory, time.time() - meeting.duration)
-    for voice in VOICES:
-        name = f"{voice.participant}.wav"
-        (directory / name).write_bytes(wav_bytes(meeting.tracks[voice.participant]))
-        call.participants.append(ParticipantRecord(voice.participant, voice.name, None, name, 0.0))
+    names = {v.participant: v.name for v in VOICES}
+    for participant, track in meeting.tracks.items():
+        name = f"{participant}.wav"
+        (directory / name).write_bytes(wav_bytes(track))
+        call.participants.append(
+            ParticipantRecord(participant, names.get(participant), None, name, 0.0)
+        )
     call.ended_at = time.time()
     call.end_reason = "ended"
     call.save()
@@ -141,9 +144,9 @@ def per_speaker_wer(meeting: Meeting, transcript: Transcript) -> float:
     track's segment may span other speakers' turns, so pooled reading order is not speaking
     order."""
     references, hypotheses = [], []
-    for voice in VOICES:
-        own = [s.text for s in transcript.segments if s.speaker == voice.participant]
-        lines = [u.text for u in meeting.utterances if u.participant == voice.participant]
+    for participant in meeting.tracks:
+        own = [s.text for s in transcript.segments if s.speaker == participant]
+        lines = [u.text for u in meeting.utterances if u.participant == participant]
         references.append(normalize(" ".join(lines)))
         hypotheses.append(normalize(spell_numbers(" ".join(own))))
     return float(jiwer.wer(references, hypotheses))
@@ -152,7 +155,7 @@ def per_speaker_wer(meeting: Meeting, transcript: Transcript) -> float:
 def speaker_accuracy(meeting: Meeting, words: Sequence[tuple[float, str]]) -> float:
     """Fraction of words credited to someone speaking at their midpoint, under the one-to-one
     label mapping that credits most words (identity when labels are participant ids)."""
-    participants = [v.participant for v in VOICES]
+    participants = list(meeting.tracks)
     labels = sorted({speaker for _, speaker in words})
     hits = np.zeros((len(labels), len(participants)), dtype=np.int64)
     for at, speaker in words:
@@ -191,6 +194,7 @@ async def bench_postcall(
     models: WhisperModels,
     diarizer: Diarizer,
     beam_size: int | None = None,
+    model: str = MODEL,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="roomscribe-bench-") as tmp:
         local = settings.model_copy(update={"data_dir": Path(tmp)})
@@ -198,7 +202,7 @@ async def bench_postcall(
         record = _record(
             JobKind.POSTCALL,
             JobSource(type="call", call_id=call.call_id),
-            JobOptions(model=MODEL, beam_size=beam_size),
+            JobOptions(model=model, beam_size=beam_size),
         )
         began = time.perf_counter()
         transcript = await run_postcall(_context(local, models, diarizer, record))
@@ -219,11 +223,13 @@ async def bench_batch(
     models: WhisperModels,
     diarizer: Diarizer,
     speakers_expected: int | None,
+    diarize: bool = True,
+    model: str = MODEL,
 ) -> dict[str, Any]:
     record = _record(
         JobKind.BATCH,
         JobSource(type="upload", filename="meeting.wav"),
-        JobOptions(model=MODEL, diarize=True, speakers_expected=speakers_expected),
+        JobOptions(model=model, diarize=diarize, speakers_expected=speakers_expected),
     )
     recording = _RecordingDiarizer(diarizer)
     ctx = _context(settings, models, cast(Diarizer, recording), record, wav_bytes(meeting.mix))
@@ -234,6 +240,7 @@ async def bench_batch(
     reference = meeting.reference_turns()
     return {
         "system": "batch",
+        "diarize": diarize,
         "speakers_expected": speakers_expected,
         **_score(meeting, " ".join(s.text for s in transcript.segments), wall),
         "speaker_accuracy": round(speaker_accuracy(meeting, _words(transcript)), 4),

@@ -19,6 +19,7 @@ from pipeline.audio_io import SAMPLE_RATE, decode_file
 
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 LIBRIVOX = "p-reader"
+PYANNOTE_SPEAKERS = {"speaker90": "diane", "speaker91": "sheila"}
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,16 @@ def dev_meeting(speakers: int = 3) -> Meeting:
 
 def speaker_reference(meeting: Meeting, participant: str) -> str:
     return " ".join(u.text for u in meeting.utterances if u.participant == participant)
+
+
+def split_by_rttm(mix: np.ndarray, rttm: Path) -> dict[str, np.ndarray]:
+    """The pyannote phone call as one track per speaker: each RTTM turn copied to its
+    speaker's track (named by ``PYANNOTE_SPEAKERS``), silence elsewhere."""
+    tracks = {name: np.zeros_like(mix) for name in PYANNOTE_SPEAKERS.values()}
+    for line in rttm.read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] == "SPEAKER" and fields[7] in PYANNOTE_SPEAKERS:
+            begin = int(float(fields[3]) * SAMPLE_RATE)
+            end = begin + int(float(fields[4]) * SAMPLE_RATE)
+            tracks[PYANNOTE_SPEAKERS[fields[7]]][begin:end] = mix[begin:end]
+    return tracks

@@ -18,6 +18,10 @@ DEFAULT_TOML = Path(__file__).with_name("default.toml")
 
 class LiveSettings(BaseModel):
     model: str = "whisper-tiny.en"
+    final_model: str | None = Field(
+        default=None,
+        description="a stronger Whisper model for live finals (two-pass); None = `model`",
+    )
     language: str = "en"
     decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
     partial_interval_s: float = Field(default=0.6, gt=0)

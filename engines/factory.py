@@ -28,12 +28,18 @@ def load_engine(name: str, settings: Settings) -> Engine:
             max_utterance_s=live.max_utterance_s,
             vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
         )
+        final = resolve(live.final_model, settings.data_dir) if live.final_model else None
+        if final is not None and (final.kind != "whisper" or not final.present):
+            raise ModelNotFoundError(
+                final.name, "live.final_model must be a Whisper model that is present"
+            )
         return WhisperChunkedEngine(
             model.path,
             model.name,
             options=options,
             language=live.language,
             parallel=decode_threads(settings),
+            final_model_path=final.path if final else None,
         )
     from engines.sherpa_online import SherpaOnlineEngine
 

@@ -41,13 +41,14 @@ from engines.whisper_align import encode, timed_words
 MAX_WORDS_PER_S = 5.0
 MAX_COMPRESSION = 2.4
 CONTEXT_S = 12.0
+CLOSING_MARKS = ".,!?;:"
 CONTEXT_TOKENS = 120
 # at ``max_utterance_s`` the cut goes to the quietest frame of this last stretch
 CUT_SEARCH_S = 2.0
 # the last words of a partial decode hear a word cut off mid-way: never committed from there
 HOLD_BACK_WORDS = 1
 # a word is committed when this many consecutive partial decodes agree on it
-AGREEING = 3
+AGREEING = 2
 # nothing is committed before this much of the utterance is heard (its first word settles)
 MIN_COMMIT_S = 1.5
 
@@ -159,18 +160,26 @@ class WhisperChunkedEngine(Engine):
         cpu_threads: int = 1,
         device: str = "cpu",
         compute_type: str = "int8",
+        final_model_path: Path | None = None,
     ) -> None:
+        """``final_model_path``: a stronger model for finals (two-pass live); partials and
+        commits stay on the fast one."""
         self.options = options or WhisperOptions()
         self.language = language
-        self.model = WhisperModel(
-            str(model_path),
-            device=device,
-            compute_type=compute_type,
-            cpu_threads=cpu_threads,
-            num_workers=parallel,
-        )
+
+        def load(path: Path) -> WhisperModel:
+            return WhisperModel(
+                str(path),
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=parallel,
+            )
+
+        self.model = load(model_path)
+        self.final_model = load(final_model_path) if final_model_path else self.model
         self.gate = SileroGate.packaged(parallel) if self.options.neural_gate else None
-        self._tokenizers: dict[str, Tokenizer] = {}
+        self._tokenizers: dict[tuple[int, str], Tokenizer] = {}
         multilingual = bool(self.model.model.is_multilingual)
         self.info = EngineInfo(
             name=name, kind="whisper", languages=("*",) if multilingual else ("en",)
@@ -179,16 +188,17 @@ class WhisperChunkedEngine(Engine):
     def create_stream(self, language: str | None = None) -> "WhisperStream":
         return WhisperStream(self, language or self.language)
 
-    def _tokenizer(self, language: str) -> Tokenizer:
-        """One per language, built once: every partial and final decode needs one."""
-        if language not in self._tokenizers:
-            self._tokenizers[language] = Tokenizer(
-                self.model.hf_tokenizer,
-                self.model.model.is_multilingual,
+    def _tokenizer(self, model: WhisperModel, language: str) -> Tokenizer:
+        """One per model and language, built once: every decode needs one."""
+        key = (id(model), language)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(
+                model.hf_tokenizer,
+                model.model.is_multilingual,
                 task="transcribe",
                 language=language,
             )
-        return self._tokenizers[language]
+        return self._tokenizers[key]
 
     def decode(
         self,
@@ -205,6 +215,7 @@ class WhisperChunkedEngine(Engine):
         before the clip in the same window, their text forced), as the offline model hears a
         speaker's earlier speech glued before the current turn."""
         seconds = samples.size / SAMPLE_RATE
+        model = self.final_model if final else self.model
         before = context.samples if context is not None else np.zeros(0, np.float32)
         if before.size + samples.size > 29 * SAMPLE_RATE:
             before = before[:0]
@@ -212,23 +223,29 @@ class WhisperChunkedEngine(Engine):
         if final:
             padded = np.zeros(max(heard.size, 30 * SAMPLE_RATE), np.float32)
             padded[: heard.size] = heard
-            encoded, _ = encode(self.model, padded)
+            encoded, _ = encode(model, padded)
             content = min(3000, int(np.ceil(heard.size / 160)))
         else:
-            encoded, content = encode(self.model, heard)
-        if language is None and self.model.model.is_multilingual:
-            language = self.model.model.detect_language(encoded)[0][0][0][2:-2]
-        tokenizer = self._tokenizer(language or "en")
+            encoded, content = encode(model, heard)
+        if language is None and model.model.is_multilingual:
+            language = model.model.detect_language(encoded)[0][0][0][2:-2]
+        tokenizer = self._tokenizer(model, language or "en")
         said = tokenizer.encode(" " + context.text) if before.size and context else []
         forced = tokenizer.encode(" " + prefix.strip()) if prefix.strip() else []
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *said, *forced]
-        tokens, text, speech = self._generate(encoded, tokenizer, prompt, final, seconds)
+        tokens, text, speech = self._generate(model, encoded, tokenizer, prompt, final, seconds)
         if final and speech and looks_looped(text, seconds):
-            tokens, text, speech = self._generate(encoded, tokenizer, prompt, final, seconds, 3)
+            tokens, text, speech = self._generate(
+                model, encoded, tokenizer, prompt, final, seconds, 3
+            )
             if looks_looped(text, seconds):
                 kept = cut_repetition(text.split())[: int(MAX_WORDS_PER_S * seconds) + 3]
                 text = " ".join(kept)
                 tokens = tokenizer.encode(" " + text) if text else []
+        if said and not forced and text[:1] in CLOSING_MARKS:
+            # the context's text has no closing mark: the decode starts by adding one
+            text = text.lstrip(CLOSING_MARKS + " ")
+            tokens = tokenizer.encode(" " + text) if text else []
         if forced:
             text = " ".join(filter(None, (prefix.strip(), text)))
             tokens = forced + tokens
@@ -237,13 +254,12 @@ class WhisperChunkedEngine(Engine):
         if not final or not tokens:
             return text, [], language
         shift = offset - before.size / SAMPLE_RATE
-        words = timed_words(
-            self.model, tokenizer, said + tokens, encoded, content, shift, len(said)
-        )
+        words = timed_words(model, tokenizer, said + tokens, encoded, content, shift, len(said))
         return text, [w for w in words if w.end > offset], language
 
     def _generate(
         self,
+        model: WhisperModel,
         encoded: ctranslate2.StorageView,
         tokenizer: Tokenizer,
         prompt: list[int],
@@ -255,7 +271,7 @@ class WhisperChunkedEngine(Engine):
         # The result repeats the forced tokens after <|notimestamps|>, and they count too.
         forced = prompt[prompt.index(tokenizer.no_timestamps) + 1 :]
         budget = len(prompt) + len(forced) + 8 + int(8 * seconds)
-        result = self.model.model.generate(
+        result = model.model.generate(
             encoded,
             [prompt],
             beam_size=self.options.final_beam_size if final else self.options.partial_beam_size,

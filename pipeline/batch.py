@@ -18,7 +18,7 @@ from pipeline.download import DownloadError, download
 from pipeline.jobs import JobContext, JobFailure, JobNotFoundError
 from protocol.errors import ErrorCode
 from protocol.frames import Word
-from protocol.transcript import Segment, Speaker, Transcript
+from protocol.transcript import Segment, Speaker, SpeechSpan, Transcript
 
 DIARIZATION_UNAVAILABLE = ErrorCode.DIARIZATION_UNAVAILABLE.value
 TRUNCATION_RATIO = 0.9
@@ -168,6 +168,7 @@ async def run_batch(ctx: JobContext) -> Transcript:
         duration=round(result.duration, 3),
         speakers=[Speaker(id=speaker) for speaker in speakers],
         segments=segments,
+        unrecognized_speech=[SpeechSpan(start=a, end=b) for a, b in result.uncovered],
     )
 
 

@@ -25,7 +25,7 @@ from pipeline.jobs import (
 from pipeline.recorder import CallRecord, ParticipantRecord
 from pipeline.webhooks import EventType, Notifier
 from protocol.frames import CaptionFrame
-from protocol.transcript import Segment, Speaker, Transcript
+from protocol.transcript import Segment, Speaker, SpeechSpan, Transcript
 
 _Piece = tuple[ParticipantRecord, Segment]
 NEAREST_S = 1.0
@@ -105,6 +105,7 @@ async def run_postcall(ctx: JobContext) -> Transcript:
     # speakers side by side: the model runs two calls at once (see WhisperBatch)
     results = await asyncio.gather(*(speaker(n, p) for n, p in enumerate(call.participants)))
     pieces: list[_Piece] = []
+    unheard: list[SpeechSpan] = []
     duration = 0.0
     language: str | None = None
     for participant, result in zip(call.participants, results, strict=True):
@@ -112,6 +113,9 @@ async def run_postcall(ctx: JobContext) -> Transcript:
             continue
         language = language or result.language
         duration = max(duration, participant.offset + result.duration)
+        unheard += [
+            SpeechSpan(speaker=participant.participant, start=a, end=b) for a, b in result.uncovered
+        ]
         for seg in result.segments:
             pieces.append(
                 (
@@ -149,6 +153,7 @@ async def run_postcall(ctx: JobContext) -> Transcript:
         duration=round(duration, 3),
         speakers=[Speaker(id=pid, name=name) for pid, name in names.items()],
         segments=segments,
+        unrecognized_speech=unheard,
     )
 
 

@@ -49,6 +49,12 @@ class Summary(_Model):
     fallback_reason: str | None = Field(default=None, description="why the LLM was not used")
 
 
+class SpeechSpan(_Model):
+    speaker: str | None = None
+    start: float
+    end: float
+
+
 class Transcript(_Model):
     id: str
     language: str | None = None
@@ -58,6 +64,11 @@ class Transcript(_Model):
     segments: list[Segment] = Field(default_factory=list)
     summary: Summary | None = None
     redacted: list[str] = Field(default_factory=list, description="PII kinds masked")
+    unrecognized_speech: list[SpeechSpan] = Field(
+        default_factory=list,
+        description="stretches voice detection marks as speech where the model heard no "
+        "words, even decoded again on their own",
+    )
 
     def speaker_name(self, speaker_id: str) -> str:
         for speaker in self.speakers:

@@ -121,6 +121,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         from bench.bridge import main as bench_bridge
 
         bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out)
+    elif args.bench_command == "accuracy":
+        from bench.accuracy import main as bench_accuracy
+
+        bench_accuracy(args.sets, args.out, args.final_model)
     else:
         from bench.batch import main as bench_batch
 
@@ -223,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_batch = bench_sub.add_parser("batch", parents=[common])
     bench_batch.add_argument("--minutes", type=float, default=10.0)
     bench_batch.add_argument("--out")
+    bench_accuracy = bench_sub.add_parser(
+        "accuracy", parents=[common], help="every path beside plain faster-whisper on dev sets"
+    )
+    bench_accuracy.add_argument(
+        "--sets",
+        nargs="+",
+        choices=["librivox", "pyannote", "meeting3", "meeting4"],
+        default=["librivox", "pyannote", "meeting3", "meeting4"],
+    )
+    bench_accuracy.add_argument("--out", help="write the results as JSON here")
+    bench_accuracy.add_argument(
+        "--final-model", help="live finals from this model (two-pass live), e.g. whisper-base"
+    )
     bench.set_defaults(func=_cmd_bench)
     return parser
 

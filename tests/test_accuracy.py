@@ -220,3 +220,15 @@ def test_a_decode_goes_on_from_the_committed_prefix() -> None:
         assert "young man" in text.lower()
         if final:
             assert [w.word for w in words][:3] == ["He", "was", "not"]
+
+
+def test_two_pass_live_decodes_finals_with_the_final_model() -> None:
+    from engines.factory import load_engine
+
+    settings = load_settings()
+    live = settings.live.model_copy(update={"final_model": "whisper-base"})
+    engine = load_engine("whisper-tiny.en", settings.model_copy(update={"live": live}))
+    assert engine.final_model is not engine.model  # type: ignore[attr-defined]
+    clip = librivox()[4]
+    finals = engine.transcribe(clip.samples.astype(np.float32) / 32768, "en")
+    assert wer(clip.text, " ".join(f.text for f in finals)) == 0.0, finals

@@ -3,8 +3,7 @@
 import asyncio
 from pathlib import Path
 
-import numpy as np
-
+from bench.devsets import split_by_rttm
 from bench.scoring import normalize
 from config import load_settings
 from pipeline.call import CallSession
@@ -13,21 +12,12 @@ from pipeline.sink import CollectingSink
 from protocol import CaptionFrame
 from tests.conftest import read_wav16
 from tests.live_helpers import live_engine
-from tests.pyannote_sample import pyannote_sample, read_rttm
+from tests.pyannote_sample import pyannote_sample
 
 ONLY = {
     "diane": {"diane", "beep", "jersey", "didn't", "also", "though"},
     "sheila": {"sheila", "texas", "neither", "yankee", "difference", "isn't"},
 }
-
-
-def split_by_rttm(mix: np.ndarray, rttm: Path) -> dict[str, np.ndarray]:
-    names = {"speaker90": "diane", "speaker91": "sheila"}
-    tracks = {name: np.zeros_like(mix) for name in names.values()}
-    for turn in read_rttm(rttm):
-        begin, end = int(turn.start * 16000), int(turn.end * 16000)
-        tracks[names[turn.speaker]][begin:end] = mix[begin:end]
-    return tracks
 
 
 async def test_each_participant_gets_only_their_own_words(tmp_path: Path) -> None:
