@@ -94,9 +94,9 @@ def pyannote_set() -> Meeting:
     sample = pyannote_sample()
     mix = decode_file(sample.wav)
     utterances = [
-        Utterance(PYANNOTE_SPEAKERS[u.speaker], u.start, u.end, u.text)
+        Utterance(u.speaker.lower(), u.start, u.end, u.text)
         for u in read_stm(sample.stm)
-        if u.speaker in PYANNOTE_SPEAKERS and u.text
+        if u.speaker.lower() in PYANNOTE_SPEAKERS.values() and u.text
     ]
     return Meeting(mix.size / 16000, utterances, split_by_rttm(mix, sample.rttm), mix)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from faster_whisper import WhisperModel
 
+from bench.accuracy import stable_violations
 from bench.devsets import dev_meeting, librivox, speaker_reference
 from bench.scoring import normalize, wer
 from config import load_settings
@@ -121,21 +122,6 @@ async def live_finals(
         if frame.type == "final":
             finals[frame.participant].append(frame)
     return finals, frames
-
-
-def stable_violations(frames: list[CaptionFrame]) -> list[str]:
-    """Revisions that changed text an earlier frame of the same segment declared stable."""
-    promised: dict[tuple[str, str], str] = {}
-    found = []
-    for frame in frames:
-        key = (frame.participant, frame.segment_id)
-        earlier = promised.get(key, "")
-        if not frame.text.startswith(earlier):
-            found.append(f"{earlier!r} -> {frame.text!r}")
-        stable = frame.text[: frame.stable_chars]
-        if len(stable) > len(earlier):
-            promised[key] = stable
-    return found
 
 
 async def test_live_finals_are_close_to_offline_and_stable_text_never_changes(
