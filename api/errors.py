@@ -1,6 +1,7 @@
 """Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status."""
 
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,6 +9,24 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from api.auth import AccessPolicy
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
+                "message": {"type": "string"},
+            },
+        }
+    },
+}
 
 
 class ApiError(Exception):
@@ -63,3 +82,41 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _documented(status: int) -> dict[str, Any]:
+    return {
+        "description": HTTPStatus(status).phrase,
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    }
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers."""
+    return {status: _documented(status) for status in statuses}
+
+
+def document_errors(schema: dict[str, Any], policy: "AccessPolicy") -> dict[str, Any]:
+    """Add what every route may answer: 401 where a key is needed, 408/413 where a body is
+    read, 500; FastAPI's 422 gets the error body it really has."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key (api.api_keys); bridge routes also take bridge.bearer_tokens",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            added = [500]
+            if not policy.is_public(path):
+                added.append(401)
+                operation["security"] = [{"apiKey": []}]
+            if method in ("post", "put", "patch"):
+                added += [408, 413]
+            for status in added:
+                responses.setdefault(str(status), _documented(status))
+            if "422" in responses:
+                responses["422"] = _documented(422)
+    schema["components"].get("schemas", {}).pop("HTTPValidationError", None)
+    schema["components"].get("schemas", {}).pop("ValidationError", None)
+    return schema

@@ -31,6 +31,20 @@ class ApiMetrics:
             "roomscribe_upload_bytes", "audio bytes received in uploads", registry=self.registry
         )
 
+        self.auth_failures = Counter(
+            "roomscribe_auth_failures",
+            "requests and sockets refused for a missing or unknown credential",
+            ("surface",),
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "roomscribe_requests_refused",
+            "requests refused before any work: body too large or too slow, forbidden URL, "
+            "unknown model",
+            ("reason",),
+            registry=self.registry,
+        )
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)

@@ -20,6 +20,8 @@ class Services:
     notifier: Notifier
     runtime: Any | None = None
     routers: list[APIRouter] = field(default_factory=list)
+    # path prefix -> credentials it accepts besides API keys (the bridge's bearer tokens)
+    scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
     run_worker: bool = False
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     _running: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -59,7 +61,9 @@ class Services:
             worker = Worker(self.settings, self.store, self.notifier)
             await worker.start()
             self._running.append(worker)
-        dispatcher = WebhookDispatcher(self.notifier, self.settings.postcall)
+        dispatcher = WebhookDispatcher(
+            self.notifier, self.settings.postcall, self.settings.api.allow_private_urls
+        )
         await dispatcher.start()
         self._running.append(dispatcher)
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api.errors import ApiError
+from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
 from engines.ask import AskError, ask
@@ -34,6 +34,7 @@ from pipeline.jobs import (
 )
 from pipeline.postcall import calls_dir, submit_postcall
 from protocol.errors import ErrorCode
+from protocol.openapi import inline_schema, json_body
 from protocol.transcript import Answer, Transcript
 
 router = APIRouter()
@@ -212,7 +213,7 @@ def _form_options(fields: dict[str, str]) -> TranscriptOptions:
 _CREATE_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": CreateFromUrl.model_json_schema()},
+        "application/json": {"schema": inline_schema(CreateFromUrl)},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -246,6 +247,7 @@ async def _submit_batch(
     status_code=202,
     response_model=JobAccepted,
     openapi_extra={"requestBody": _CREATE_BODY},
+    responses=errors(400, 415, 422),
 )
 async def create_transcript(request: Request) -> JSONResponse:
     """Queue a batch job: JSON with ``audio_url`` or a multipart upload with ``file``."""
@@ -282,7 +284,7 @@ async def create_transcript(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/v1/transcripts", response_model=JobPage)
+@router.get("/v1/transcripts", response_model=JobPage, responses=errors(422))
 async def list_transcripts(
     request: Request,
     limit: int = Query(default=20, ge=1),
@@ -298,7 +300,7 @@ async def list_transcripts(
 
 @router.get(
     "/v1/transcripts/{job_id}.{fmt}",
-    responses={200: {"content": {v: {} for v in EXPORT_TYPES.values()}}},
+    responses={200: {"content": {v: {} for v in EXPORT_TYPES.values()}}, **errors(404, 409)},
 )
 async def export_transcript(
     request: Request, job_id: str, fmt: Literal["json", "srt", "vtt", "txt"]
@@ -313,7 +315,7 @@ async def export_transcript(
     return Response(data, media_type=EXPORT_TYPES[fmt])
 
 
-@router.get("/v1/transcripts/{job_id}", response_model=JobView)
+@router.get("/v1/transcripts/{job_id}", response_model=JobView, responses=errors(404))
 async def get_transcript(request: Request, job_id: str) -> JobView:
     services = _services(request)
     record = await _record(services, job_id)
@@ -323,7 +325,7 @@ async def get_transcript(request: Request, job_id: str) -> JobView:
     return _view(record, transcript)
 
 
-@router.delete("/v1/transcripts/{job_id}", status_code=204)
+@router.delete("/v1/transcripts/{job_id}", status_code=204, responses=errors(404))
 async def delete_transcript(request: Request, job_id: str) -> Response:
     """Remove the job record, its audio, its results and its webhook log."""
     services = _services(request)
@@ -335,7 +337,7 @@ async def delete_transcript(request: Request, job_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/transcripts/{job_id}/webhooks")
+@router.get("/v1/transcripts/{job_id}/webhooks", responses=errors(404))
 async def webhook_log(request: Request, job_id: str) -> dict[str, Any]:
     """Every event of the job with its delivery attempts."""
     services = _services(request)
@@ -348,6 +350,8 @@ async def webhook_log(request: Request, job_id: str) -> dict[str, Any]:
     "/v1/transcripts/{job_id}/segments/{segment_id}/retranscribe",
     status_code=202,
     response_model=JobAccepted,
+    responses=errors(400, 404, 409, 422),
+    openapi_extra={"requestBody": json_body(RetranscribeRequest, required=False)},
 )
 async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -> JSONResponse:
     """Queue a re-pass of one segment; the parent transcript is rewritten in place when done."""
@@ -380,7 +384,12 @@ async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
-@router.post("/v1/transcripts/{job_id}/ask", response_model=Answer)
+@router.post(
+    "/v1/transcripts/{job_id}/ask",
+    response_model=Answer,
+    responses=errors(400, 404, 409, 422),
+    openapi_extra={"requestBody": json_body(AskRequest)},
+)
 async def ask_transcript(request: Request, job_id: str) -> Answer:
     """Answer a question from the transcript, citing segments and timecodes."""
     services = _services(request)
@@ -393,7 +402,13 @@ async def ask_transcript(request: Request, job_id: str) -> Answer:
     return answer
 
 
-@router.post("/v1/calls/{call_id}/transcribe", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/v1/calls/{call_id}/transcribe",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=errors(400, 404, 422),
+    openapi_extra={"requestBody": json_body(CallTranscribeRequest, required=False)},
+)
 async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
     """Queue the post-call re-pass of a recorded call (again, e.g. with another model)."""
     services = _services(request)

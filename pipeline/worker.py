@@ -276,7 +276,7 @@ async def run_worker(
         store = await JobStore.open(nc, settings.nats.subject_prefix)
         notifier = await Notifier.open(nc, settings.nats.subject_prefix)
         worker = Worker(settings, store, notifier)
-        dispatcher = WebhookDispatcher(notifier, settings.postcall)
+        dispatcher = WebhookDispatcher(notifier, settings.postcall, settings.api.allow_private_urls)
         await worker.start()
         await dispatcher.start()
         if on_ready is not None:
