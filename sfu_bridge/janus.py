@@ -46,7 +46,7 @@ class JanusError(BridgeError):
 
 def _refusal(what: str, error: Any) -> JanusError:
     """Janus's own words go to the log only; the caller gets what was refused and the code."""
-    code = error.get("code") if isinstance(error, dict) else None
+    code = error.get("code", error.get("error_code")) if isinstance(error, dict) else None
     log.warning("Janus refused %s: %r", what, error)
     return JanusError(f"refused {what}" + (f" (error {code})" if isinstance(code, int) else ""))
 
