@@ -68,6 +68,10 @@ class TranscriptOptions(BaseModel):
         default=False, description="true = every kind, or a list of kinds"
     )
     summarize: bool = False
+    allow_truncated: bool = Field(
+        default=False,
+        description="transcribe what decodes of a truncated file (the transcript says partial)",
+    )
     webhook_url: str | None = Field(default=None, max_length=2048)
 
     @field_validator("redact_pii")

@@ -99,6 +99,7 @@ class JobOptions(BaseModel):
     redact_pii: bool | list[str] = False
     summarize: bool = False
     beam_size: int | None = Field(default=None, ge=1, le=16)
+    allow_truncated: bool = False
 
 
 class JobSource(BaseModel):

@@ -58,6 +58,12 @@ class Transcript(_Model):
     segments: list[Segment] = Field(default_factory=list)
     summary: Summary | None = None
     redacted: list[str] = Field(default_factory=list, description="PII kinds masked")
+    partial: bool = Field(
+        default=False, description="the audio was truncated (allow_truncated): part is missing"
+    )
+    declared_duration: float | None = Field(
+        default=None, description="what the truncated file's header declared, seconds"
+    )
 
     def speaker_name(self, speaker_id: str) -> str:
         for speaker in self.speakers:
