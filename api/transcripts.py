@@ -22,6 +22,8 @@ from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
 from engines.ask import AskError, ask
+from engines.base import ModelNotFoundError
+from engines.models import check_caller_model
 from engines.redaction import ALL_KINDS
 from pipeline.download import DownloadError, check_url
 from pipeline.jobs import (
@@ -182,6 +184,17 @@ async def _checked_url(url: str, services: Services, what: str) -> str:
     return url
 
 
+async def _checked_model(name: str | None, services: Services) -> None:
+    settings = services.settings
+    if name is None or settings.api.allow_model_paths:
+        return
+    try:
+        await asyncio.to_thread(check_caller_model, name, settings.data_dir)
+    except ModelNotFoundError as exc:
+        services.metrics.refused.labels("model").inc()
+        raise ApiError(422, ErrorCode.MODEL_NOT_FOUND, str(exc)) from exc
+
+
 async def _record(services: Services, job_id: str) -> JobRecord:
     try:
         return await services.store.get(job_id)
@@ -235,6 +248,7 @@ _CREATE_BODY = {
 async def _submit_batch(
     services: Services, options: TranscriptOptions, source: JobSource, audio: BinaryIO | None
 ) -> JobRecord:
+    await _checked_model(options.model, services)
     if options.webhook_url:
         await _checked_url(options.webhook_url, services, "webhook_url")
     record = JobRecord.queued(
@@ -367,6 +381,7 @@ async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -
         raise ApiError(
             404, ErrorCode.NOT_FOUND, f"transcript {job_id} has no segment {segment_id!r}"
         )
+    await _checked_model(body.model, services)
     if body.webhook_url:
         await _checked_url(body.webhook_url, services, "webhook_url")
     record = JobRecord.queued(
@@ -421,6 +436,7 @@ async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
     directory = calls_dir(settings) / call_id
     if "/" in call_id or call_id in (".", "..") or not (directory / "call.json").is_file():
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no recorded call {call_id!r}")
+    await _checked_model(body.model, services)
     if body.webhook_url:
         await _checked_url(body.webhook_url, services, "webhook_url")
     options = JobOptions(

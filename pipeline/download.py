@@ -84,7 +84,8 @@ async def check_url(url: str, allow_private: bool) -> None:
     """Raise DownloadError(FORBIDDEN_URL) for a URL that must not be fetched (at submission;
     the connection is checked again by :func:`guarded_client`)."""
     host, port = _check_shape(url)
-    await resolve(host, port, allow_private)
+    if not allow_private:
+        await resolve(host, port, allow_private)
 
 
 class _PinnedBackend(httpcore.AsyncNetworkBackend):
