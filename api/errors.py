@@ -1,12 +1,15 @@
 """Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status."""
 
+import re
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from protocol.errors import ErrorCode
 
@@ -50,9 +53,30 @@ def error_response(
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
+def allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods of the route that owns ``path`` (Starlette names the first match's)."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)(app.routes)
+    matching: dict[str, set[str]] = {}
+    for route in contexts:
+        template, found = getattr(route, "path", None), getattr(route, "methods", None)
+        if template and found and compile_path(template)[0].match(path):
+            matching.setdefault(template, set()).update(found)
+    if not matching:
+        return set()
+    # /v1/janus/join also fits /v1/janus/{session_id}: the most literal template owns the path
+    best = max(len(re.sub(r"\{[^}]*\}", "", template)) for template in matching)
+    return {
+        method
+        for template, methods in matching.items()
+        if len(re.sub(r"\{[^}]*\}", "", template)) == best
+        for method in methods
+    }
+
+
 _STATUS_CODES = {
     401: ErrorCode.UNAUTHORIZED,
     404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.INVALID_REQUEST,
     413: ErrorCode.TOO_LARGE,
 }
 
@@ -62,10 +86,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ApiError)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(sorted(allowed_methods(app, request.url.path)))
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -97,8 +124,9 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def document_errors(schema: dict[str, Any], policy: "AccessPolicy") -> dict[str, Any]:
-    """Add what every route may answer: 401 where a key is needed, 408/413 where a body is
-    read, 500; FastAPI's 422 gets the error body it really has."""
+    """Add what every route may answer as configured: 401 and the bearer scheme where a
+    credential is needed, 408/413 where a body is read, 500; FastAPI's 422 gets the error
+    body it really has."""
     schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
         "type": "http",
         "scheme": "bearer",
@@ -108,7 +136,7 @@ def document_errors(schema: dict[str, Any], policy: "AccessPolicy") -> dict[str,
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             added = [500]
-            if not policy.is_public(path):
+            if policy.accepted(path):
                 added.append(401)
                 operation["security"] = [{"apiKey": []}]
             if method in ("post", "put", "patch"):

@@ -67,15 +67,17 @@ def overlay_router(
             headers={"Cache-Control": "no-cache"},
         )
 
-    @router.post("/v1/rooms/{room:path}/overlay-token", responses=errors(400, 429, 501))
+    @router.post("/v1/rooms/{room:path}/overlay-token", responses=errors(400, 404, 429, 503))
     async def overlay_token(room: str) -> dict[str, Any]:
         """Read-only NATS credentials for one room's captions, and the overlay URL with them."""
-        if credentials is None or not credentials.ready:
+        if credentials is None:
             raise ApiError(
-                501,
-                ErrorCode.INVALID_REQUEST,
+                404,
+                ErrorCode.NOT_FOUND,
                 "overlay tokens need the embedded NATS server with overlay.auth on",
             )
+        if not credentials.ready:
+            raise ApiError(503, ErrorCode.NOT_READY, "the embedded NATS server is not running")
         try:
             issued = await credentials.issue(room)
         except InvalidIdError as exc:

@@ -215,10 +215,18 @@ async def _transcript(services: Services, record: JobRecord) -> Transcript:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"the result of {record.id} is gone") from exc
 
 
+_FORM_FLAGS = [
+    name for name, info in TranscriptOptions.model_fields.items() if info.annotation is bool
+]
+
+
 def _form_options(fields: dict[str, str]) -> TranscriptOptions:
     data: dict[str, Any] = {key: value for key, value in fields.items() if value != ""}
+    for flag in _FORM_FLAGS:
+        if flag in fields and fields[flag] not in ("true", "false"):
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, f"{flag}: expected true or false")
     pii = data.get("redact_pii")
-    if isinstance(pii, str) and pii.lower() not in ("true", "false", "1", "0", "yes", "no"):
+    if isinstance(pii, str) and pii not in ("true", "false"):
         # a form field: "email,phone" or '["email", "phone"]'
         data["redact_pii"] = [k.strip(' "[]') for k in pii.split(",") if k.strip(' "[]')]
     try:
@@ -226,6 +234,8 @@ def _form_options(fields: dict[str, str]) -> TranscriptOptions:
     except ValidationError as exc:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, _describe(exc)) from exc
 
+
+_FORM_KINDS = r'^(\[?"?[a-z]+"?( *, *"?[a-z]+"?)*\]?)?$'
 
 _CREATE_BODY = {
     "required": True,
@@ -238,6 +248,13 @@ _CREATE_BODY = {
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
                     **TranscriptOptions.model_json_schema()["properties"],
+                    "redact_pii": {
+                        "anyOf": [
+                            {"type": "boolean"},
+                            {"type": "string", "pattern": _FORM_KINDS},
+                        ],
+                        "description": "true, false, or kinds: email,phone",
+                    },
                 },
             }
         },

@@ -4,7 +4,7 @@ The ``tracks`` map (mid -> participant) is authoritative; a sending mid it does 
 back to the msid stream id of its media line. aiortc track ids and SSRCs are never used.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,11 +26,20 @@ class TrackInfo(_Body):
     language: str | None = None
 
 
+IceUrl = Annotated[str, Field(pattern=r"^(stun|turn|turns):[^\s]{1,500}$")]
+
+
+class IceServer(_Body):
+    urls: IceUrl | list[IceUrl] = Field(min_length=1)
+    username: str | None = Field(default=None, max_length=512)
+    credential: str | None = Field(default=None, max_length=512)
+
+
 class CreateSession(_Body):
     room: str = Field(min_length=1, max_length=256)
     sdp: str
     tracks: dict[str, TrackInfo] = Field(default_factory=dict)
-    ice_servers: list[dict[str, Any]] | None = None
+    ice_servers: list[IceServer] | None = Field(default=None, max_length=8)
 
 
 class Reoffer(_Body):
@@ -101,7 +110,9 @@ def _check_mids(tracks: dict[str, Any], known: set[str]) -> None:
 async def create_session(bridge: Bridge, request: CreateSession) -> SessionAnswer:
     if bridge.runtime.admission is not None:
         bridge.runtime.admission.check("webrtc")
-    session = RoomSession(bridge, request.room, request.ice_servers)
+    servers = request.ice_servers
+    ice = None if servers is None else [server.model_dump(exclude_none=True) for server in servers]
+    session = RoomSession(bridge, request.room, ice)
     try:
         sdp = await session.offer(request.sdp, request.tracks)
         bridge.add_peer(session)

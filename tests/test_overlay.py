@@ -307,5 +307,5 @@ async def test_overlay_token_needs_the_embedded_server() -> None:
     app = overlay_app("ws://nats.example:443", credentials=None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/rooms/standup/overlay-token")
-    assert response.status_code == 501
+    assert response.status_code == 404
     assert "embedded NATS" in response.json()["error"]["message"]
