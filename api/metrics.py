@@ -1,7 +1,11 @@
 """Prometheus metrics of one API app (own registry, so several apps can live in one process)."""
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics"]
 
@@ -45,9 +49,21 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+    def scrape(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Metrics read from their owners at each scrape (outbox depth, job failures...)."""
+        self.registry.register(_Scraped(read))
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Scraped(Collector):
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self.read())

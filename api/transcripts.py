@@ -180,6 +180,7 @@ async def _checked_url(url: str, services: Services, what: str) -> str:
     try:
         await check_url(url, services.settings.api.allow_private_urls)
     except DownloadError as exc:
+        services.metrics.refused.labels("forbidden_url").inc()
         raise ApiError(400, exc.code, f"{what}: {exc.message}") from exc
     return url
 

@@ -213,6 +213,7 @@ class WebhookDispatcher:
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
         self._trusted: httpx.AsyncClient | None = None
+        self.refused = 0
 
     async def start(self) -> None:
         timeout = self.settings.webhook_timeout_s
@@ -285,6 +286,7 @@ class WebhookDispatcher:
         if ok:
             delivery.status = "delivered"
         elif attempt.forbidden:
+            self.refused += 1
             delivery.status = "failed"
             log.warning("webhook %s: %s", key, attempt.error)
         elif len(delivery.attempts) >= self.settings.webhook_max_attempts:

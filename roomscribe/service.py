@@ -76,6 +76,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
         services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
+        services.publisher = publisher
         admission = Admission.from_settings(settings.limits, services.metrics.registry)
         runtime.admission = admission
         websocket_url = embedded.websocket_url if embedded else None
