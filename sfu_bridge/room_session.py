@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.download import DownloadError, resolve
 from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.call_room import Speaker
@@ -107,10 +108,37 @@ def _check_mids(tracks: dict[str, Any], known: set[str]) -> None:
         )
 
 
+def _ice_host(url: str) -> tuple[str, int]:
+    """``stun:host:port`` / ``turn:[v6]:port?transport=udp`` -> (host, port)."""
+    scheme, _, rest = url.partition(":")
+    where = rest.split("?", 1)[0]
+    if where.startswith("["):
+        host, _, port = where[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = where.partition(":")
+    default = 5349 if scheme == "turns" else 3478
+    return host, int(port) if port.isdigit() else default
+
+
+async def check_ice_servers(bridge: Bridge, servers: list[IceServer]) -> None:
+    """A caller's STUN/TURN servers pass the outbound guard like any other URL."""
+    allow_private = bridge.runtime.settings.api.allow_private_urls
+    for server in servers:
+        for url in [server.urls] if isinstance(server.urls, str) else server.urls:
+            host, port = _ice_host(url)
+            try:
+                await resolve(host, port, allow_private)
+            except DownloadError as exc:
+                raise BridgeError(400, exc.code, f"ice_servers: {exc.message}") from exc
+
+
 async def create_session(bridge: Bridge, request: CreateSession) -> SessionAnswer:
     if bridge.runtime.admission is not None:
         bridge.runtime.admission.check("webrtc")
     servers = request.ice_servers
+    if servers:
+        await check_ice_servers(bridge, servers)
     ice = None if servers is None else [server.model_dump(exclude_none=True) for server in servers]
     session = RoomSession(bridge, request.room, ice)
     try:

@@ -280,3 +280,27 @@ async def test_janus_join_is_guarded_bounded_and_never_reflects_upstream(
             bad = await client.post("/v1/janus/join", json={"url": "ftp://x/janus", "room": 1})
             assert bad.status_code == 400 and bad.json()["code"] == "FORBIDDEN_URL"
         assert canary.seen == []
+
+
+async def test_callers_ice_servers_pass_the_guard(tmp_path: Path) -> None:
+    async with running_bridge(bridge_settings(tmp_path)) as (bridge, client, _sink):
+        for url, address in (
+            ("stun:127.0.0.1:3478", "127.0.0.1"),
+            ("turn:[::1]:3478?transport=udp", "::1"),
+            ("turns:100.64.0.9", "100.64.0.9"),
+        ):
+            refused = await client.post(
+                "/v1/sessions",
+                json={"room": "r", "sdp": "v=0", "ice_servers": [{"urls": [url]}]},
+            )
+            assert refused.status_code == 400, refused.text
+            assert refused.json() == {
+                "code": "FORBIDDEN_URL",
+                "message": f"ice_servers: {address} resolves to non-public address {address}",
+            }
+        malformed = await client.post(
+            "/v1/sessions",
+            json={"room": "r", "sdp": "v=0", "ice_servers": [{"urls": "http://stun.example"}]},
+        )
+        assert malformed.status_code == 400 and malformed.json()["code"] == "INVALID_REQUEST"
+        assert not bridge.peers
