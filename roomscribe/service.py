@@ -81,7 +81,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         runtime.admission = admission
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [
-            listen_router(runtime, admission, services.store, settings),
+            listen_router(runtime, admission, services.store, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
         ]
         yield Running(settings, create_app(services), runtime, embedded)

@@ -92,6 +92,7 @@ async def test_every_route_needs_a_key_and_bridge_tokens_only_open_the_bridge(
             assert socket.state.name == "OPEN"
         metrics = await client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
         assert 'roomscribe_auth_failures_total{surface="http"}' in metrics.text
+        assert 'roomscribe_auth_failures_total{surface="websocket"} 1.0' in metrics.text
 
 
 async def test_public_paths_open_metrics_and_docs_only_when_listed(

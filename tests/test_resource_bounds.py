@@ -74,7 +74,12 @@ async def test_json_bodies_are_capped_and_must_arrive_in_time(
     settings = make_settings(
         nats_url,
         tmp_path,
-        api={"max_json_kb": 64, "body_timeout_s": 1.0, "max_upload_mb": 1},
+        api={
+            "max_json_kb": 64,
+            "body_timeout_s": 1.0,
+            "max_upload_mb": 1,
+            "upload_idle_timeout_s": 1.0,
+        },
         postcall={"run_worker": False},
     )
     async with served(settings) as service, httpx.AsyncClient(base_url=service.url) as client:
@@ -121,6 +126,18 @@ async def test_json_bodies_are_capped_and_must_arrive_in_time(
         assert b'"code":"REQUEST_TIMEOUT"' in slow
         assert 0.9 < time.monotonic() - started < 5
 
+        started = time.monotonic()
+        stalled = await _raw(
+            port,
+            b"POST /v1/transcripts HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 500000\r\n\r\n",
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+            + b"\0" * 1000,
+        )
+        assert stalled.startswith(b"HTTP/1.1 408"), stalled[:200]
+        assert b'"code":"REQUEST_TIMEOUT"' in stalled
+        assert 0.9 < time.monotonic() - started < 5
+
         upload = await client.post(
             "/v1/transcripts", files={"file": ("a.wav", b"\0" * (1024 * 1024 + 100_000))}
         )
@@ -128,4 +145,4 @@ async def test_json_bodies_are_capped_and_must_arrive_in_time(
         assert (await client.get("/health")).status_code == 200
         metrics = (await client.get("/metrics")).text
         assert 'roomscribe_requests_refused_total{reason="body_too_large"}' in metrics
-        assert 'roomscribe_requests_refused_total{reason="body_timeout"} 1.0' in metrics
+        assert 'roomscribe_requests_refused_total{reason="body_timeout"} 2.0' in metrics
