@@ -1,7 +1,10 @@
 """One outbound guard: public addresses only, the checked address is the one connected to."""
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -304,3 +307,42 @@ async def test_callers_ice_servers_pass_the_guard(tmp_path: Path) -> None:
         )
         assert malformed.status_code == 400 and malformed.json()["code"] == "INVALID_REQUEST"
         assert not bridge.peers
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for ``pinned.test``."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=pinned.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_pinned_https_still_sends_and_verifies_the_host_name(
+    self_signed: tuple[Path, Path], dns: dict[str, Any]
+) -> None:
+    key, cert = self_signed
+    names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    dns["pinned.test"] = [["127.0.0.1"]]
+    try:
+        with pytest.raises(DownloadError) as failed:
+            await download(f"https://pinned.test:{port}/a", 100, 5.0, allow_private=True)
+    finally:
+        server.close()
+    assert failed.value.code == "DOWNLOAD_FAILED"
+    assert "CERTIFICATE_VERIFY_FAILED" in failed.value.message  # self-signed: still verified
+    assert names == ["pinned.test"]  # SNI is the host name, not the pinned address
