@@ -4,10 +4,10 @@ import json
 import re
 from pathlib import Path
 
+import fastapi.routing
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
 from starlette.routing import WebSocketRoute
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -22,9 +22,15 @@ BRIDGE = ("/whip/", "/v1/sessions", "/v1/janus/")
 
 def _routes(app: FastAPI) -> list[tuple[str, set[str], bool]]:
     """(path, methods, is a WebSocket) of every route, those of included routers too."""
+    # FastAPI >= 0.16x keeps included routers nested; older versions list every route flat
+    flatten = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
     return [
-        (str(r.path), set(r.methods or ()), isinstance(r.original_route, WebSocketRoute))
-        for r in iter_route_contexts(app.routes)
+        (
+            str(r.path),
+            set(getattr(r, "methods", None) or ()),
+            isinstance(getattr(r, "original_route", r), WebSocketRoute),
+        )
+        for r in flatten(app.routes)
     ]
 
 
