@@ -1,38 +1,20 @@
 """The HTTP API: ``create_app(services)`` builds the FastAPI app (OpenAPI at /openapi.json)."""
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Response
+from fastapi.openapi.utils import get_openapi
 
 from api import transcripts
-from api.errors import ApiError, install_error_handlers
+from api.auth import AccessPolicy, AuthMiddleware
+from api.errors import document_errors, install_error_handlers
+from api.limits import BodyLimitMiddleware
 from api.metrics import CONTENT_TYPE_LATEST
 from api.middleware import RequestContextMiddleware
 from api.services import Services
-from protocol.errors import ErrorCode
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-async def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    keys: list[str] = request.app.state.services.settings.api.api_keys
-    if not keys:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-        raise ApiError(
-            401,
-            ErrorCode.UNAUTHORIZED,
-            "missing or unknown API key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 def create_app(services: Services) -> FastAPI:
@@ -51,15 +33,18 @@ def create_app(services: Services) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    api = services.settings.api
+    policy = AccessPolicy(api.api_keys, api.public_paths, services.scoped_tokens)
     install_error_handlers(app)
+    # the last added runs first: request id and metrics, then auth, then body bounds
+    app.add_middleware(BodyLimitMiddleware, settings=api, metrics=services.metrics)
+    app.add_middleware(AuthMiddleware, policy=policy, metrics=services.metrics)
     app.add_middleware(RequestContextMiddleware, metrics=services.metrics)
-    app.include_router(
-        transcripts.router, dependencies=[Depends(require_api_key)], tags=["transcripts"]
-    )
+    app.include_router(transcripts.router, tags=["transcripts"])
     for router in services.routers:
         app.include_router(router)
 
-    @app.get("/v1/models", dependencies=[Depends(require_api_key)], tags=["models"])
+    @app.get("/v1/models", tags=["models"])
     async def models() -> dict[str, list[dict[str, object]]]:
         from engines.models import list_models
 
@@ -77,7 +62,13 @@ def create_app(services: Services) -> FastAPI:
             ]
         }
 
-    @app.get("/health", tags=["ops"])
+    @app.get(
+        "/health",
+        tags=["ops"],
+        responses={
+            503: {"description": "NATS is not connected", "content": {"application/json": {}}}
+        },
+    )
     async def health() -> Response:
         connected = services.nc.is_connected
         return Response(
@@ -90,4 +81,16 @@ def create_app(services: Services) -> FastAPI:
     async def metrics() -> Response:
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = document_errors(schema, policy)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,13 +1,35 @@
 """Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status."""
 
-from typing import Any
+import re
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from api.auth import AccessPolicy
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
+                "message": {"type": "string"},
+            },
+        }
+    },
+}
 
 
 class ApiError(Exception):
@@ -31,9 +53,30 @@ def error_response(
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
+def allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods of the route that owns ``path`` (Starlette names the first match's)."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)(app.routes)
+    matching: dict[str, set[str]] = {}
+    for route in contexts:
+        template, found = getattr(route, "path", None), getattr(route, "methods", None)
+        if template and found and compile_path(template)[0].match(path):
+            matching.setdefault(template, set()).update(found)
+    if not matching:
+        return set()
+    # /v1/janus/join also fits /v1/janus/{session_id}: the most literal template owns the path
+    best = max(len(re.sub(r"\{[^}]*\}", "", template)) for template in matching)
+    return {
+        method
+        for template, methods in matching.items()
+        if len(re.sub(r"\{[^}]*\}", "", template)) == best
+        for method in methods
+    }
+
+
 _STATUS_CODES = {
     401: ErrorCode.UNAUTHORIZED,
     404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.INVALID_REQUEST,
     413: ErrorCode.TOO_LARGE,
 }
 
@@ -43,10 +86,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ApiError)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(sorted(allowed_methods(app, request.url.path)))
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -63,3 +109,42 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _documented(status: int) -> dict[str, Any]:
+    return {
+        "description": HTTPStatus(status).phrase,
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    }
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers."""
+    return {status: _documented(status) for status in statuses}
+
+
+def document_errors(schema: dict[str, Any], policy: "AccessPolicy") -> dict[str, Any]:
+    """Add what every route may answer as configured: 401 and the bearer scheme where a
+    credential is needed, 408/413 where a body is read, 500; FastAPI's 422 gets the error
+    body it really has."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key (api.api_keys); bridge routes also take bridge.bearer_tokens",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            added = [500]
+            if policy.accepted(path):
+                added.append(401)
+                operation["security"] = [{"apiKey": []}]
+            if method in ("post", "put", "patch"):
+                added += [408, 413]
+            for status in added:
+                responses.setdefault(str(status), _documented(status))
+            if "422" in responses:
+                responses["422"] = _documented(422)
+    schema["components"].get("schemas", {}).pop("HTTPValidationError", None)
+    schema["components"].get("schemas", {}).pop("ValidationError", None)
+    return schema

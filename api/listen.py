@@ -61,7 +61,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.admission import Admission, Lease, StreamKind
-from api.errors import ApiError
+from api.errors import ApiError, errors
+from api.metrics import ApiMetrics
 from config.settings import Settings
 from engines.base import SAMPLE_RATE
 from pipeline.call import CallSession
@@ -529,10 +530,14 @@ async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def listen_router(
-    runtime: LiveRuntime, admission: Admission, store: JobStore | None, settings: Settings
+    runtime: LiveRuntime,
+    admission: Admission,
+    store: JobStore | None,
+    settings: Settings,
+    metrics: ApiMetrics | None = None,
 ) -> APIRouter:
     """``WS /v1/listen`` and ``POST /v1/listen/token``; installs a :class:`FrameTap` on the
-    runtime's sink so sessions see their own frames."""
+    runtime's sink so sessions see their own frames; refused sockets count in ``metrics``."""
     router = APIRouter(tags=["listen"])
     tap = install_tap(runtime)
     tokens = ListenTokens(settings.api.api_keys, settings.limits.listen_token_ttl_s)
@@ -541,6 +546,8 @@ def listen_router(
     async def listen(websocket: WebSocket) -> None:
         await websocket.accept()
         if not tokens.authorized(websocket):
+            if metrics is not None:
+                metrics.auth_failures.labels("websocket").inc()
             message = "missing, unknown or expired api_key or token"
             await _refuse(websocket, Refusal(ErrorCode.UNAUTHORIZED, message, CLOSE_UNAUTHORIZED))
             return
@@ -566,7 +573,7 @@ def listen_router(
         finally:
             admission.release(lease)
 
-    @router.post("/v1/listen/token")
+    @router.post("/v1/listen/token", responses=errors(401, 503))
     async def issue_token(request: Request) -> dict[str, Any]:
         """A short-lived ``token`` for ``/v1/listen?token=...`` (browsers cannot send headers).
 

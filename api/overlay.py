@@ -10,17 +10,16 @@ with ``user``/``pass`` query parameters of the page. Style options are query par
 the page too (see ``web/src/overlay.js``).
 """
 
-import hmac
 import json
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
 
-from api.errors import ApiError
-from api.overlay_credentials import OverlayCredentials
+from api.errors import ApiError, errors
+from api.overlay_credentials import OverlayCapacityError, OverlayCredentials
 from config.settings import Settings
 from protocol.errors import ErrorCode
 from protocol.subjects import InvalidIdError
@@ -33,20 +32,6 @@ def page_html(prefix: str, nats_websocket_url: str | None) -> str:
     # a JSON string inside <script> must not be able to close the element
     safe = config.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return _WEB.joinpath("overlay.html").read_text("utf-8").replace("{{CONFIG}}", safe)
-
-
-def _check_bearer(request: Request, api_keys: list[str]) -> None:
-    if not api_keys:
-        return
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in api_keys):
-        raise ApiError(
-            401,
-            ErrorCode.UNAUTHORIZED,
-            "missing or unknown API key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 def overlay_router(
@@ -67,7 +52,7 @@ def overlay_router(
         (``transparent`` or a CSS color), ``color``, ``fade`` (seconds)."""
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
-    @router.get("/overlay/overlay.js", include_in_schema=False)
+    @router.get("/overlay/overlay.js", include_in_schema=False, responses=errors(404))
     async def overlay_script() -> Response:
         script = _WEB.joinpath("static", "overlay.js")
         if not script.is_file():
@@ -82,20 +67,23 @@ def overlay_router(
             headers={"Cache-Control": "no-cache"},
         )
 
-    @router.post("/v1/rooms/{room:path}/overlay-token")
-    async def overlay_token(room: str, request: Request) -> dict[str, Any]:
+    @router.post("/v1/rooms/{room:path}/overlay-token", responses=errors(400, 404, 429, 503))
+    async def overlay_token(room: str) -> dict[str, Any]:
         """Read-only NATS credentials for one room's captions, and the overlay URL with them."""
-        _check_bearer(request, settings.api.api_keys)
-        if credentials is None or not credentials.ready:
+        if credentials is None:
             raise ApiError(
-                501,
-                ErrorCode.INVALID_REQUEST,
+                404,
+                ErrorCode.NOT_FOUND,
                 "overlay tokens need the embedded NATS server with overlay.auth on",
             )
+        if not credentials.ready:
+            raise ApiError(503, ErrorCode.NOT_READY, "the embedded NATS server is not running")
         try:
             issued = await credentials.issue(room)
         except InvalidIdError as exc:
             raise ApiError(400, ErrorCode.INVALID_REQUEST, str(exc)) from exc
+        except OverlayCapacityError as exc:
+            raise ApiError(429, ErrorCode.CAPACITY, str(exc)) from exc
         query = urlencode({"room": room, "user": issued.user, "pass": issued.password})
         return {
             "room": room,

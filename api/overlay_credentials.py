@@ -47,13 +47,22 @@ class OverlayCredential:
     expires_at: float
 
 
+class OverlayCapacityError(Exception):
+    def __init__(self, max_users: int) -> None:
+        super().__init__(f"{max_users} overlay tokens are live; wait for one to expire")
+        self.max_users = max_users
+
+
 class OverlayCredentials:
     FILE = "overlay-users.conf"
 
-    def __init__(self, directory: Path, subjects: Subjects, ttl_s: float) -> None:
+    def __init__(
+        self, directory: Path, subjects: Subjects, ttl_s: float, max_users: int = 256
+    ) -> None:
         self.directory = directory
         self.subjects = subjects
         self.ttl_s = ttl_s
+        self.max_users = max_users
         self._state_path = directory / "overlay-users.json"
         self._server: EmbeddedNats | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -62,9 +71,11 @@ class OverlayCredentials:
         self._users = [OverlayCredential(**u) for u in state.get("users", [])]
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path, subjects: Subjects, ttl_s: float) -> "OverlayCredentials":
+    def for_data_dir(
+        cls, data_dir: Path, subjects: Subjects, ttl_s: float, max_users: int = 256
+    ) -> "OverlayCredentials":
         """Kept where :class:`EmbeddedNats` keeps its config (``<data_dir>/nats``)."""
-        return cls(Path(data_dir).absolute() / "nats", subjects, ttl_s)
+        return cls(Path(data_dir).absolute() / "nats", subjects, ttl_s, max_users)
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -122,6 +133,9 @@ class OverlayCredentials:
         if server is None:
             raise RuntimeError("overlay credentials are not attached to a running nats-server")
         self.subjects.room_captions(room)  # raises InvalidIdError for an unusable id
+        now = time.time()
+        if sum(u.expires_at > now for u in self._users) >= self.max_users:
+            raise OverlayCapacityError(self.max_users)
         credential = OverlayCredential(
             user=f"ov_{secrets.token_hex(8)}",
             password=secrets.token_urlsafe(24),

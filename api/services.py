@@ -1,10 +1,13 @@
 """What the API app runs on; the ``serve`` process builds one and hands it to ``create_app``."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
 from nats.aio.client import Client as NatsClient
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from api.metrics import ApiMetrics
 from config.settings import Settings
@@ -20,7 +23,10 @@ class Services:
     notifier: Notifier
     runtime: Any | None = None
     routers: list[APIRouter] = field(default_factory=list)
+    # path prefix -> credentials it accepts besides API keys (the bridge's bearer tokens)
+    scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
     run_worker: bool = False
+    publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     _running: list[Any] = field(default_factory=list, init=False, repr=False)
 
@@ -47,6 +53,7 @@ class Services:
 
     async def start(self) -> None:
         """Start the in-process worker and webhook sender (if asked) and hook ended calls."""
+        self.metrics.scrape(self._scraped)
         if self.runtime is not None:
             from pipeline.postcall import call_ended_hook
 
@@ -59,9 +66,42 @@ class Services:
             worker = Worker(self.settings, self.store, self.notifier)
             await worker.start()
             self._running.append(worker)
-        dispatcher = WebhookDispatcher(self.notifier, self.settings.postcall)
+        dispatcher = WebhookDispatcher(
+            self.notifier, self.settings.postcall, self.settings.api.allow_private_urls
+        )
         await dispatcher.start()
         self._running.append(dispatcher)
+
+    def _scraped(self) -> Iterator[Metric]:
+        stats = getattr(self.publisher, "stats", None)
+        if stats is not None:
+            yield GaugeMetricFamily(
+                "roomscribe_publisher_outbox_depth",
+                "caption frames waiting for NATS",
+                value=stats.pending,
+            )
+            dropped = CounterMetricFamily(
+                "roomscribe_publisher_dropped",
+                "caption frames dropped by the full outbox, by kind",
+                labels=["kind"],
+            )
+            dropped.add_metric(["partial"], stats.dropped_partials)
+            dropped.add_metric(["final"], stats.dropped_finals)
+            yield dropped
+        failures = CounterMetricFamily(
+            "roomscribe_job_failures", "jobs failed by this process, by error code", labels=["code"]
+        )
+        refused = CounterMetricFamily(
+            "roomscribe_webhooks_refused",
+            "webhook deliveries the outbound guard refused at delivery time",
+        )
+        for running in self._running:
+            for code, count in getattr(running, "failures", {}).items():
+                failures.add_metric([code], count)
+            if isinstance(running, WebhookDispatcher):
+                refused.add_metric([], running.refused)
+        yield failures
+        yield refused
 
     async def stop(self) -> None:
         while self._running:

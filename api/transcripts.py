@@ -18,10 +18,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api.errors import ApiError
+from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
 from engines.ask import AskError, ask
+from engines.base import ModelNotFoundError
+from engines.models import check_caller_model
 from engines.redaction import ALL_KINDS
 from pipeline.download import DownloadError, check_url
 from pipeline.jobs import (
@@ -34,6 +36,7 @@ from pipeline.jobs import (
 )
 from pipeline.postcall import calls_dir, submit_postcall
 from protocol.errors import ErrorCode
+from protocol.openapi import inline_schema, json_body
 from protocol.transcript import Answer, Transcript
 
 router = APIRouter()
@@ -67,6 +70,10 @@ class TranscriptOptions(BaseModel):
         default=False, description="true = every kind, or a list of kinds"
     )
     summarize: bool = False
+    allow_truncated: bool = Field(
+        default=False,
+        description="transcribe what decodes of a truncated file (the transcript says partial)",
+    )
     webhook_url: str | None = Field(default=None, max_length=2048)
 
     @field_validator("redact_pii")
@@ -173,8 +180,20 @@ async def _checked_url(url: str, services: Services, what: str) -> str:
     try:
         await check_url(url, services.settings.api.allow_private_urls)
     except DownloadError as exc:
+        services.metrics.refused.labels("forbidden_url").inc()
         raise ApiError(400, exc.code, f"{what}: {exc.message}") from exc
     return url
+
+
+async def _checked_model(name: str | None, services: Services) -> None:
+    settings = services.settings
+    if name is None or settings.api.allow_model_paths:
+        return
+    try:
+        await asyncio.to_thread(check_caller_model, name, settings.data_dir)
+    except ModelNotFoundError as exc:
+        services.metrics.refused.labels("model").inc()
+        raise ApiError(422, ErrorCode.MODEL_NOT_FOUND, str(exc)) from exc
 
 
 async def _record(services: Services, job_id: str) -> JobRecord:
@@ -197,10 +216,18 @@ async def _transcript(services: Services, record: JobRecord) -> Transcript:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"the result of {record.id} is gone") from exc
 
 
+_FORM_FLAGS = [
+    name for name, info in TranscriptOptions.model_fields.items() if info.annotation is bool
+]
+
+
 def _form_options(fields: dict[str, str]) -> TranscriptOptions:
     data: dict[str, Any] = {key: value for key, value in fields.items() if value != ""}
+    for flag in _FORM_FLAGS:
+        if flag in fields and fields[flag] not in ("true", "false"):
+            raise ApiError(422, ErrorCode.INVALID_REQUEST, f"{flag}: expected true or false")
     pii = data.get("redact_pii")
-    if isinstance(pii, str) and pii.lower() not in ("true", "false", "1", "0", "yes", "no"):
+    if isinstance(pii, str) and pii not in ("true", "false"):
         # a form field: "email,phone" or '["email", "phone"]'
         data["redact_pii"] = [k.strip(' "[]') for k in pii.split(",") if k.strip(' "[]')]
     try:
@@ -209,10 +236,12 @@ def _form_options(fields: dict[str, str]) -> TranscriptOptions:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, _describe(exc)) from exc
 
 
+_FORM_KINDS = r'^(\[?"?[a-z]+"?( *, *"?[a-z]+"?)*\]?)?$'
+
 _CREATE_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": CreateFromUrl.model_json_schema()},
+        "application/json": {"schema": inline_schema(CreateFromUrl)},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -220,6 +249,13 @@ _CREATE_BODY = {
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
                     **TranscriptOptions.model_json_schema()["properties"],
+                    "redact_pii": {
+                        "anyOf": [
+                            {"type": "boolean"},
+                            {"type": "string", "pattern": _FORM_KINDS},
+                        ],
+                        "description": "true, false, or kinds: email,phone",
+                    },
                 },
             }
         },
@@ -230,6 +266,7 @@ _CREATE_BODY = {
 async def _submit_batch(
     services: Services, options: TranscriptOptions, source: JobSource, audio: BinaryIO | None
 ) -> JobRecord:
+    await _checked_model(options.model, services)
     if options.webhook_url:
         await _checked_url(options.webhook_url, services, "webhook_url")
     record = JobRecord.queued(
@@ -246,6 +283,7 @@ async def _submit_batch(
     status_code=202,
     response_model=JobAccepted,
     openapi_extra={"requestBody": _CREATE_BODY},
+    responses=errors(400, 415, 422),
 )
 async def create_transcript(request: Request) -> JSONResponse:
     """Queue a batch job: JSON with ``audio_url`` or a multipart upload with ``file``."""
@@ -282,7 +320,7 @@ async def create_transcript(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/v1/transcripts", response_model=JobPage)
+@router.get("/v1/transcripts", response_model=JobPage, responses=errors(422))
 async def list_transcripts(
     request: Request,
     limit: int = Query(default=20, ge=1),
@@ -298,7 +336,7 @@ async def list_transcripts(
 
 @router.get(
     "/v1/transcripts/{job_id}.{fmt}",
-    responses={200: {"content": {v: {} for v in EXPORT_TYPES.values()}}},
+    responses={200: {"content": {v: {} for v in EXPORT_TYPES.values()}}, **errors(404, 409)},
 )
 async def export_transcript(
     request: Request, job_id: str, fmt: Literal["json", "srt", "vtt", "txt"]
@@ -313,7 +351,7 @@ async def export_transcript(
     return Response(data, media_type=EXPORT_TYPES[fmt])
 
 
-@router.get("/v1/transcripts/{job_id}", response_model=JobView)
+@router.get("/v1/transcripts/{job_id}", response_model=JobView, responses=errors(404))
 async def get_transcript(request: Request, job_id: str) -> JobView:
     services = _services(request)
     record = await _record(services, job_id)
@@ -323,7 +361,7 @@ async def get_transcript(request: Request, job_id: str) -> JobView:
     return _view(record, transcript)
 
 
-@router.delete("/v1/transcripts/{job_id}", status_code=204)
+@router.delete("/v1/transcripts/{job_id}", status_code=204, responses=errors(404))
 async def delete_transcript(request: Request, job_id: str) -> Response:
     """Remove the job record, its audio, its results and its webhook log."""
     services = _services(request)
@@ -335,7 +373,7 @@ async def delete_transcript(request: Request, job_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/transcripts/{job_id}/webhooks")
+@router.get("/v1/transcripts/{job_id}/webhooks", responses=errors(404))
 async def webhook_log(request: Request, job_id: str) -> dict[str, Any]:
     """Every event of the job with its delivery attempts."""
     services = _services(request)
@@ -348,6 +386,8 @@ async def webhook_log(request: Request, job_id: str) -> dict[str, Any]:
     "/v1/transcripts/{job_id}/segments/{segment_id}/retranscribe",
     status_code=202,
     response_model=JobAccepted,
+    responses=errors(400, 404, 409, 422),
+    openapi_extra={"requestBody": json_body(RetranscribeRequest, required=False)},
 )
 async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -> JSONResponse:
     """Queue a re-pass of one segment; the parent transcript is rewritten in place when done."""
@@ -359,6 +399,7 @@ async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -
         raise ApiError(
             404, ErrorCode.NOT_FOUND, f"transcript {job_id} has no segment {segment_id!r}"
         )
+    await _checked_model(body.model, services)
     if body.webhook_url:
         await _checked_url(body.webhook_url, services, "webhook_url")
     record = JobRecord.queued(
@@ -380,7 +421,12 @@ async def retranscribe_segment(request: Request, job_id: str, segment_id: str) -
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
-@router.post("/v1/transcripts/{job_id}/ask", response_model=Answer)
+@router.post(
+    "/v1/transcripts/{job_id}/ask",
+    response_model=Answer,
+    responses=errors(400, 404, 409, 422),
+    openapi_extra={"requestBody": json_body(AskRequest)},
+)
 async def ask_transcript(request: Request, job_id: str) -> Answer:
     """Answer a question from the transcript, citing segments and timecodes."""
     services = _services(request)
@@ -393,7 +439,13 @@ async def ask_transcript(request: Request, job_id: str) -> Answer:
     return answer
 
 
-@router.post("/v1/calls/{call_id}/transcribe", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/v1/calls/{call_id}/transcribe",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=errors(400, 404, 422),
+    openapi_extra={"requestBody": json_body(CallTranscribeRequest, required=False)},
+)
 async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
     """Queue the post-call re-pass of a recorded call (again, e.g. with another model)."""
     services = _services(request)
@@ -402,6 +454,7 @@ async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
     directory = calls_dir(settings) / call_id
     if "/" in call_id or call_id in (".", "..") or not (directory / "call.json").is_file():
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no recorded call {call_id!r}")
+    await _checked_model(body.model, services)
     if body.webhook_url:
         await _checked_url(body.webhook_url, services, "webhook_url")
     options = JobOptions(

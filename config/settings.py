@@ -59,7 +59,18 @@ class BridgeSettings(BaseModel):
     track_stall_s: float = Field(
         default=10.0, gt=0, description="a track silent this long is flushed (its peer may be gone)"
     )
-    bearer_tokens: list[str] = Field(default_factory=list)
+    bearer_tokens: list[str] = Field(
+        default_factory=list, description="accepted by bridge routes only, besides API keys"
+    )
+    janus_urls: list[str] = Field(
+        default_factory=list, description="Janus API bases POST /v1/janus/join may join"
+    )
+    janus_any_url: bool = Field(
+        default=False,
+        description="also join other Janus URLs (public addresses only unless "
+        "api.allow_private_urls)",
+    )
+    janus_join_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class ApiSettings(BaseModel):
@@ -71,6 +82,20 @@ class ApiSettings(BaseModel):
     allow_private_urls: bool = False
     max_download_mb: float = 500.0
     max_page_size: int = Field(default=100, ge=1)
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health", "/overlay", "/overlay/overlay.js"],
+        description="paths (or prefixes ending in *) open without an API key",
+    )
+    max_json_kb: int = Field(default=256, gt=0, description="JSON and SDP request bodies")
+    body_timeout_s: float = Field(
+        default=15.0, gt=0, description="a JSON body must arrive within this"
+    )
+    upload_idle_timeout_s: float = Field(
+        default=30.0, gt=0, description="an upload that sends nothing this long is ended"
+    )
+    allow_model_paths: bool = Field(
+        default=False, description="API callers may name model folders outside the catalog"
+    )
 
 
 class LimitsSettings(BaseModel):
@@ -96,6 +121,7 @@ class OverlaySettings(BaseModel):
         "POST /v1/rooms/{room}/overlay-token",
     )
     token_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="overlay token lifetime")
+    max_tokens: int = Field(default=256, ge=1, description="overlay tokens live at once")
 
 
 class PostCallSettings(BaseModel):

@@ -321,15 +321,26 @@ def resolve(
                 stem, f"not downloaded yet: run `roomscribe models pull {name}`"
             )
         return pull(name, data_dir, timeout=timeout)
-    local = Path(name).expanduser()
-    if local.exists():
-        folder = local if local.is_dir() else local.parent
-        return _local(folder.name or str(folder), folder, source=f"path:{local}")
     if _SAFE_NAME.match(name) and (models_dir(data_dir) / name).is_dir():
         return _local(
             name, models_dir(data_dir) / name, source=f"path:{models_dir(data_dir) / name}"
         )
+    local = Path(name).expanduser()
+    if local.exists():
+        folder = local if local.is_dir() else local.parent
+        return _local(folder.name or str(folder), folder, source=f"path:{local}")
     raise _unknown(name, "not a known model name, an http(s) URL or an existing path")
+
+
+def check_caller_model(name: str, data_dir: Path) -> None:
+    """A model named by an API caller: a catalog name, an archive URL or a folder of
+    ``<data_dir>/models``. Anything else (a path) is refused with one answer, whether or not
+    it exists; operators name paths in the config or allow them (``api.allow_model_paths``)."""
+    if name in CATALOG or _is_url(name):
+        return
+    if _SAFE_NAME.match(name) and (models_dir(data_dir) / name).is_dir():
+        return
+    raise _unknown(name, "not a catalog model or a folder of the models directory")
 
 
 def _local(name: str, folder: Path, source: str) -> ResolvedModel:

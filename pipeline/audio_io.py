@@ -33,6 +33,10 @@ def decode_file(source: str | Path | BinaryIO, max_seconds: float | None = None)
     try:
         container = av.open(str(source) if isinstance(source, Path) else source, mode="r")
     except av.error.InvalidDataError as exc:  # type: ignore[attr-defined]
+        if _head(source)[4:8] == b"ftyp":
+            raise AudioDecodeError(
+                "INVALID_AUDIO", f"{name}: truncated or corrupt MP4/M4A (no readable moov box)"
+            ) from exc
         raise AudioDecodeError(
             "UNSUPPORTED_FORMAT", f"{name}: not a recognised audio format"
         ) from exc
@@ -62,3 +66,45 @@ def decode_file(source: str | Path | BinaryIO, max_seconds: float | None = None)
     if samples.size == 0:
         raise AudioDecodeError("EMPTY_AUDIO", f"{name}: contains no audio samples")
     return samples
+
+
+def wav_header_seconds(head: bytes) -> float | None:
+    """What a RIFF/WAVE header declares (data chunk size over byte rate), if ``head`` is one.
+
+    FFmpeg estimates a WAV's duration from the file size, so a truncated WAV looks whole to
+    it; the header's own data size says otherwise. Streaming sizes (0, 0xFFFFFFFF) declare
+    nothing.
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    byte_rate = 0
+    at = 12
+    while at + 8 <= len(head):
+        chunk, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
+        if chunk == b"fmt " and at + 16 <= len(head):
+            byte_rate = int.from_bytes(head[at + 16 : at + 20], "little")
+        elif chunk == b"data":
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return size / byte_rate
+        at += 8 + size + (size & 1)
+    return None
+
+
+def _head(source: str | Path | BinaryIO, size: int = 16) -> bytes:
+    if isinstance(source, str | Path):
+        with open(source, "rb") as file:
+            return file.read(size)
+    source.seek(0)
+    return source.read(size)
+
+
+def ogg_ends_cleanly(tail: bytes) -> bool | None:
+    """For the last bytes of an Ogg file: whether its last page is whole and ends the stream
+    (an Ogg header declares no duration, so a cut file shows only here); None if not Ogg."""
+    at = tail.rfind(b"OggS")
+    if at < 0 or len(tail) < at + 27:
+        return None
+    segments = tail[at + 27 : at + 27 + tail[at + 26]]
+    whole = at + 27 + len(segments) + sum(segments) == len(tail) and len(segments) == tail[at + 26]
+    return whole and bool(tail[at + 5] & 0x04)

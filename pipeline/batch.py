@@ -13,7 +13,13 @@ import numpy as np
 from engines.base import EngineError, ModelNotFoundError
 from engines.diarization import Diarizer, split_segments
 from engines.whisper_batch import BatchResult, BatchSegment
-from pipeline.audio_io import SAMPLE_RATE, AudioDecodeError, decode_file
+from pipeline.audio_io import (
+    SAMPLE_RATE,
+    AudioDecodeError,
+    decode_file,
+    ogg_ends_cleanly,
+    wav_header_seconds,
+)
 from pipeline.download import DownloadError, download
 from pipeline.jobs import JobContext, JobFailure, JobNotFoundError
 from protocol.errors import ErrorCode
@@ -49,6 +55,14 @@ async def source_audio(ctx: JobContext) -> bytes:
 
 def declared_seconds(data: bytes | Path) -> float | None:
     """The duration the container's header states, if it states one."""
+    if isinstance(data, bytes):
+        head = data[:4096]
+    else:
+        with data.open("rb") as file:
+            head = file.read(4096)
+    wav = wav_header_seconds(head)
+    if wav is not None:
+        return wav
     try:
         with av.open(
             str(data) if isinstance(data, Path) else io.BytesIO(data), mode="r"
@@ -56,6 +70,24 @@ def declared_seconds(data: bytes | Path) -> float | None:
             return None if container.duration is None else container.duration / av.time_base
     except (av.error.FFmpegError, OSError):  # type: ignore[attr-defined]
         return None
+
+
+def _ogg_cut(data: bytes | Path) -> bool:
+    if isinstance(data, bytes):
+        if data[:4] != b"OggS":
+            return False
+        tail = data[-65536:]
+    else:
+        with data.open("rb") as file:
+            if file.read(4) != b"OggS":
+                return False
+            file.seek(max(0, data.stat().st_size - 65536))
+            tail = file.read()
+    return ogg_ends_cleanly(tail) is False
+
+
+def is_truncated(declared: float | None, decoded: float) -> bool:
+    return declared is not None and decoded < declared * TRUNCATION_RATIO - 0.25
 
 
 async def decode(data: bytes | Path, name: str, check_length: bool = False) -> np.ndarray:
@@ -74,7 +106,14 @@ async def decode(data: bytes | Path, name: str, check_length: bool = False) -> n
     if check_length:
         declared = await asyncio.to_thread(declared_seconds, data)
         decoded = samples.size / SAMPLE_RATE
-        if declared is not None and decoded < declared * TRUNCATION_RATIO - 0.25:
+        if await asyncio.to_thread(_ogg_cut, data):
+            raise JobFailure(
+                "INVALID_AUDIO",
+                f"{name}: truncated: the Ogg stream ends before its last page "
+                f"(only {decoded:.1f} s decode)",
+            )
+        if is_truncated(declared, decoded):
+            assert declared is not None
             raise JobFailure(
                 "INVALID_AUDIO",
                 f"{name}: truncated: its header declares {declared:.1f} s but only {decoded:.1f} s decode",
@@ -136,7 +175,10 @@ async def run_batch(ctx: JobContext) -> Transcript:
     options = record.options
     name = record.source.filename or record.source.url or "upload"
     diarizer = await _diarizer(ctx) if options.diarize else None  # fail before the long part
-    samples = await decode(await source_audio(ctx), name, check_length=True)
+    data = await source_audio(ctx)
+    samples = await decode(data, name, check_length=not options.allow_truncated)
+    declared = await asyncio.to_thread(declared_seconds, data)
+    partial = is_truncated(declared, samples.size / SAMPLE_RATE) or _ogg_cut(data)
     ctx.progress(0.05, "decoded")
     model = options.model or ctx.settings.postcall.batch_model
     result = await recognize(ctx, samples, model, share=(0.05, 0.8 if diarizer else 0.95))
@@ -169,6 +211,8 @@ async def run_batch(ctx: JobContext) -> Transcript:
         speakers=[Speaker(id=speaker) for speaker in speakers],
         segments=segments,
         unrecognized_speech=[SpeechSpan(start=a, end=b) for a, b in result.uncovered],
+        partial=partial,
+        declared_duration=round(declared, 3) if partial and declared else None,
     )
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from config.settings import Settings
 from engines.whisper_batch import WhisperModels
+from pipeline.js_read import kv_keys, object_names, read_object
 from protocol.transcript import Transcript
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class JobOptions(BaseModel):
     redact_pii: bool | list[str] = False
     summarize: bool = False
     beam_size: int | None = Field(default=None, ge=1, le=16)
+    allow_truncated: bool = False
 
 
 class JobSource(BaseModel):
@@ -173,7 +175,9 @@ class JobStore:
         self.prefix = prefix
         self.stream = f"{bucket_base(prefix).upper()}_JOBS"
         self._kv = kv
+        self._kv_bucket = f"{bucket_base(prefix)}_jobs"
         self._files = files
+        self._files_bucket = f"{bucket_base(prefix)}_files"
 
     @classmethod
     async def open(cls, nc: NatsClient, prefix: str = "roomscribe") -> "JobStore":
@@ -231,7 +235,7 @@ class JobStore:
     async def _entry(self, job_id: str) -> Any:
         try:
             entry = await self._kv.get(job_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError) as exc:
+        except (nats.js.errors.NotFoundError, nats.js.errors.InvalidKeyError) as exc:
             raise JobNotFoundError(job_id) from exc
         if not entry.value:
             raise JobNotFoundError(job_id)
@@ -257,11 +261,7 @@ class JobStore:
         self, limit: int = 20, cursor: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; pass the returned cursor to get the next page (None: no more)."""
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return [], None
-        ordered = sorted(keys, reverse=True)
+        ordered = sorted(await kv_keys(self.js, self._kv_bucket), reverse=True)
         if cursor is not None:
             ordered = [key for key in ordered if key < cursor]
         page: list[JobRecord] = []
@@ -290,26 +290,24 @@ class JobStore:
 
     async def get_file(self, job_id: str, name: str) -> bytes:
         try:
-            result = await self._files.get(f"{job_id}/{name}")
+            info = await self._files.get_info(f"{job_id}/{name}")
+            return await read_object(self.js, self._files_bucket, info)
         except nats.js.errors.NotFoundError as exc:
             raise JobNotFoundError(f"{job_id}/{name}") from exc
-        return bytes(result.data or b"")
 
     async def delete_file(self, job_id: str, name: str) -> None:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self._files.delete(f"{job_id}/{name}")
 
     async def file_names(self, job_id: str) -> list[str]:
-        try:
-            infos = await self._files.list(ignore_deletes=True)
-        except nats.js.errors.NotFoundError:
-            return []
         head = f"{job_id}/"
-        return [
-            info.name[len(head) :]
-            for info in infos
-            if info.name.startswith(head) and not info.deleted
-        ]
+        found = []
+        for name in await object_names(self.js, self._files_bucket):
+            if name.startswith(head):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self._files.get_info(name)
+                    found.append(name[len(head) :])
+        return found
 
     async def put_transcript(self, job_id: str, transcript: Transcript) -> None:
         await self.put_file(job_id, "transcript.json", transcript.model_dump_json().encode())

@@ -39,7 +39,9 @@ from nats.js.api import (
 from pydantic import BaseModel, Field
 
 from config.settings import PostCallSettings
+from pipeline.download import DownloadError, guarded_client
 from pipeline.jobs import bucket_base, open_kv
+from pipeline.js_read import kv_keys
 from pipeline.pull import fetch_forever
 from pipeline.tasks import spawn
 
@@ -67,6 +69,7 @@ class DeliveryAttempt(BaseModel):
     at: float
     status_code: int | None = None
     error: str | None = None
+    forbidden: bool = Field(default=False, description="the guard refused the URL")
 
 
 class Delivery(BaseModel):
@@ -120,6 +123,7 @@ class Notifier:
         self.prefix = prefix
         self.stream = f"{bucket_base(prefix).upper()}_WEBHOOKS"
         self.deliver_subjects = f"{prefix}.v1.webhooks.deliver.>"
+        self.bucket = f"{bucket_base(prefix)}_webhooks"
         self.kv = kv
 
     @classmethod
@@ -176,15 +180,9 @@ class Notifier:
                 raise
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
-        try:
-            keys = await self.kv.keys(filters=[f"{job_id}."])
-        except nats.js.errors.NoKeysError:
-            return []
         found = []
-        for key in sorted(keys):
-            if not key.startswith(f"{job_id}."):
-                continue
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        for key in await kv_keys(self.js, self.bucket, f"{job_id}."):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
                 entry = await self.kv.get(key)
                 if entry.value:
                     found.append(Delivery.model_validate_json(entry.value))
@@ -196,21 +194,31 @@ class Notifier:
 
 
 class WebhookDispatcher:
-    """Consumes queued deliveries and POSTs them; any number may run against one stream."""
+    """Consumes queued deliveries and POSTs them; any number may run against one stream.
+
+    Every POST goes through the outbound guard at delivery time: only public addresses
+    unless ``allow_private`` (the operator's own ``postcall.webhook_url`` is trusted); a
+    refused URL fails the delivery at once (``FORBIDDEN_URL`` in its attempt).
+    """
 
     durable = "webhook-senders"
 
-    def __init__(self, notifier: Notifier, settings: PostCallSettings) -> None:
+    def __init__(
+        self, notifier: Notifier, settings: PostCallSettings, allow_private: bool = False
+    ) -> None:
         self.notifier = notifier
         self.settings = settings
+        self.allow_private = allow_private
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
+        self._trusted: httpx.AsyncClient | None = None
+        self.refused = 0
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s, follow_redirects=False
-        )
+        timeout = self.settings.webhook_timeout_s
+        self._client = guarded_client(self.allow_private, timeout)
+        self._trusted = guarded_client(True, timeout)
         await self._requeue_pending()
         js = self.notifier.js
         self._sub = await js.pull_subscribe(
@@ -232,17 +240,17 @@ class WebhookDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._trusted):
+            if client is not None:
+                await client.aclose()
+        self._client = self._trusted = None
 
     async def _requeue_pending(self) -> None:
-        try:
-            keys = await self.notifier.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return
-        for key in keys:
-            entry = await self.notifier.kv.get(key)
+        for key in await kv_keys(self.notifier.js, self.notifier.bucket):
+            try:
+                entry = await self.notifier.kv.get(key)
+            except nats.js.errors.NotFoundError:
+                continue
             if entry.value and Delivery.model_validate_json(entry.value).status == "pending":
                 await self.notifier.queue(key)
 
@@ -265,7 +273,7 @@ class WebhookDispatcher:
         kv = self.notifier.kv
         try:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except nats.js.errors.NotFoundError:
             await msg.ack()
             return
         delivery = Delivery.model_validate_json(entry.value)
@@ -277,6 +285,10 @@ class WebhookDispatcher:
         ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
         if ok:
             delivery.status = "delivered"
+        elif attempt.forbidden:
+            self.refused += 1
+            delivery.status = "failed"
+            log.warning("webhook %s: %s", key, attempt.error)
         elif len(delivery.attempts) >= self.settings.webhook_max_attempts:
             delivery.status = "failed"
             log.warning(
@@ -298,17 +310,26 @@ class WebhookDispatcher:
             await msg.ack()
 
     async def _post(self, delivery: Delivery) -> DeliveryAttempt:
-        assert self._client is not None and delivery.url is not None
+        assert self._client is not None and self._trusted is not None
+        assert delivery.url is not None
+        trusted = delivery.url == self.settings.webhook_url
         body = delivery.event.model_dump_json().encode()
         headers = {"Content-Type": "application/json", "User-Agent": "roomscribe-webhooks/1"}
         if self.settings.webhook_secret:
             headers[SIGNATURE_HEADER] = sign(self.settings.webhook_secret, body, int(time.time()))
         now = time.time()
+        client = self._trusted if trusted else self._client
         try:
-            response = await self._client.post(delivery.url, content=body, headers=headers)
+            # the answer's body is never read: only its status counts
+            async with client.stream(
+                "POST", delivery.url, content=body, headers=headers
+            ) as response:
+                status = response.status_code
+        except DownloadError as exc:
+            return DeliveryAttempt(at=now, error=f"{exc.code}: {exc.message}", forbidden=True)
         except httpx.HTTPError as exc:
             return DeliveryAttempt(at=now, error=f"{type(exc).__name__}: {exc}")
-        return DeliveryAttempt(at=now, status_code=response.status_code)
+        return DeliveryAttempt(at=now, status_code=status)
 
 
 def event_data(record: Any, **extra: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Run ``python -m pipeline.worker`` (settings from the environment, ``NATS_URL`` r
 """
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -98,6 +99,7 @@ class Worker:
         self._diarizer_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.failures: collections.Counter[str] = collections.Counter()  # by error code
 
     def diarizer(self) -> "Diarizer":
         from engines.diarization import Diarizer, default_model_dir
@@ -223,6 +225,7 @@ class Worker:
         await store_results(self.store, parent_id, transcript)
 
     async def _fail(self, job_id: str, code: str, message: str) -> JobRecord:
+        self.failures[code] += 1
         return await self.store.transition(
             job_id, JobState.FAILED, message="failed", error={"code": code, "message": message}
         )
@@ -276,7 +279,7 @@ async def run_worker(
         store = await JobStore.open(nc, settings.nats.subject_prefix)
         notifier = await Notifier.open(nc, settings.nats.subject_prefix)
         worker = Worker(settings, store, notifier)
-        dispatcher = WebhookDispatcher(notifier, settings.postcall)
+        dispatcher = WebhookDispatcher(notifier, settings.postcall, settings.api.allow_private_urls)
         await worker.start()
         await dispatcher.start()
         if on_ready is not None:

@@ -69,6 +69,12 @@ class Transcript(_Model):
         description="stretches voice detection marks as speech where the model heard no "
         "words, even decoded again on their own",
     )
+    partial: bool = Field(
+        default=False, description="the audio was truncated (allow_truncated): part is missing"
+    )
+    declared_duration: float | None = Field(
+        default=None, description="what the truncated file's header declared, seconds"
+    )
 
     def speaker_name(self, speaker_id: str) -> str:
         for speaker in self.speakers:

@@ -39,14 +39,17 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
     from protocol import Subjects
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService
-    from sfu_bridge.router import bridge_router
+    from sfu_bridge.router import BRIDGE_PATHS, bridge_router
 
     async with AsyncExitStack() as stack:
         credentials = None
         if settings.overlay.auth and not settings.nats.url:
             subjects = Subjects(settings.nats.subject_prefix)
             credentials = OverlayCredentials.for_data_dir(
-                settings.data_dir, subjects, settings.overlay.token_ttl_s
+                settings.data_dir,
+                subjects,
+                settings.overlay.token_ttl_s,
+                settings.overlay.max_tokens,
             )
             credentials.write()
         include = OverlayCredentials.FILE if credentials else None
@@ -72,11 +75,13 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         services = await Services.open(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
+        services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
+        services.publisher = publisher
         admission = Admission.from_settings(settings.limits, services.metrics.registry)
         runtime.admission = admission
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [
-            listen_router(runtime, admission, services.store, settings),
+            listen_router(runtime, admission, services.store, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
         ]
         yield Running(settings, create_app(services), runtime, embedded)

@@ -30,6 +30,11 @@ class Bridge:
         self.peer_closed_hooks: list[Callable[[PeerSession], Awaitable[None]]] = []
         self.closed = False
 
+    @property
+    def credentials(self) -> list[str]:
+        """What a bridge route accepts: its own bearer tokens and every API key."""
+        return [*self.settings.bearer_tokens, *self.runtime.settings.api.api_keys]
+
     def call_room(self, room: str) -> CallRoom:
         current = self.rooms.get(room)
         if current is None or current.state is CallState.ENDED:

@@ -1,17 +1,36 @@
 """HTTP helpers shared by the bridge's routers: error bodies, bearer check, body parsing."""
 
 import secrets
-from typing import TypeVar
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from config.settings import BridgeSettings
 from protocol import ErrorCode
 from sfu_bridge.errors import BridgeError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+_ERROR_BODY = {
+    "type": "object",
+    "description": "the error's code and message",
+    "additionalProperties": True,
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a bridge route answers."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": _ERROR_BODY}},
+        }
+        for status in statuses
+    }
 
 
 def error_response(error: BridgeError) -> JSONResponse:
@@ -19,14 +38,14 @@ def error_response(error: BridgeError) -> JSONResponse:
     return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
 
 
-def check_bearer(settings: BridgeSettings, request: Request) -> None:
-    """401 unless ``settings.bearer_tokens`` is empty or the request carries one of them."""
-    if not settings.bearer_tokens:
+def check_bearer(tokens: Sequence[str], request: Request) -> None:
+    """401 unless ``tokens`` is empty or the request carries one of them."""
+    if not tokens:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise BridgeError(401, ErrorCode.UNAUTHORIZED, "missing bearer token")
-    if not any(secrets.compare_digest(token.strip(), known) for known in settings.bearer_tokens):
+    if not any(secrets.compare_digest(token.strip(), known) for known in tokens):
         raise BridgeError(401, ErrorCode.UNAUTHORIZED, "unknown bearer token")
 
 

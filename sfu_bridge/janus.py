@@ -8,6 +8,7 @@ without requests).
 """
 
 import asyncio
+import json
 import logging
 import secrets
 from typing import Any
@@ -17,12 +18,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.download import DownloadError, check_url, guarded_client, read_capped
 from pipeline.runtime import LiveRuntime
 from protocol import ErrorCode
+from protocol.openapi import json_body
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
-from sfu_bridge.http import check_bearer, error_response, read_json
+from sfu_bridge.http import check_bearer, documented, error_response, read_json
 from sfu_bridge.peer import PeerSession
 from sfu_bridge.tasks import TaskSet
 
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 VIDEOROOM = "janus.plugin.videoroom"
 EVENT_TIMEOUT_S = 15.0
 SESSION_TIMEOUT_S = 60.0  # Janus's default: past it, our session is gone anyway
+MIN_IDLE_POLL_S = 1.0
+MAX_ANSWER_BYTES = 1024 * 1024
 Json = dict[str, Any]
 
 
@@ -39,92 +44,124 @@ class JanusError(BridgeError):
         super().__init__(502, ErrorCode.PROTOCOL, f"Janus: {message}")
 
 
-class JanusClient:
-    """Janus's HTTP API: one session, its handles, and the long-poll that delivers events."""
+def _refusal(what: str, error: Any) -> JanusError:
+    """Janus's own words go to the log only; the caller gets what was refused and the code."""
+    code = error.get("code", error.get("error_code")) if isinstance(error, dict) else None
+    log.warning("Janus refused %s: %r", what, error)
+    return JanusError(f"refused {what}" + (f" (error {code})" if isinstance(code, int) else ""))
 
-    def __init__(self, url: str, http: httpx.AsyncClient | None = None) -> None:
+
+def _id(reply: Json, what: str) -> int:
+    data = reply.get("data")
+    value = data.get("id") if isinstance(data, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise JanusError(f"the {what} answer has no numeric data.id")
+    return value
+
+
+class JanusClient:
+    """Janus's HTTP API: one session, its handles, and the long-poll that delivers events.
+
+    Requests go through the outbound address guard (``allow_private`` for a URL the operator
+    configured); answers are capped at ``MAX_ANSWER_BYTES``; a long-poll that comes back
+    without events waits ``MIN_IDLE_POLL_S`` before the next one.
+    """
+
+    def __init__(self, url: str, allow_private: bool = True) -> None:
         self.url = url.rstrip("/")
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=45.0))
+        self.http = guarded_client(allow_private, httpx.Timeout(10.0, read=45.0), 4)
         self.session_id: int | None = None
         self.events: asyncio.Queue[Json] = asyncio.Queue(1000)
         self._waiting: dict[str, asyncio.Future[Json]] = {}
         self._tasks = TaskSet(f"janus {self.url}")
 
-    async def _post(self, path: str, body: Json) -> Json:
-        transaction = secrets.token_hex(8)
+    async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
         try:
-            response = await self.http.post(
-                f"{self.url}{path}", json={**body, "transaction": transaction}
-            )
-            response.raise_for_status()
-            reply: Json = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise JanusError(f"{body.get('janus')} request failed: {exc}") from exc
+            async with self.http.stream(method, f"{self.url}{path}", **kwargs) as response:
+                if response.status_code != 200:
+                    raise JanusError(f"{what} answered HTTP {response.status_code}")
+                return json.loads(await read_capped(response, MAX_ANSWER_BYTES, what))
+        except DownloadError as exc:
+            raise JanusError(f"{what}: {exc.message}") from exc
+        except httpx.HTTPError as exc:
+            raise JanusError(f"{what} failed: {type(exc).__name__}") from exc
+        except ValueError as exc:
+            raise JanusError(f"{what} answer is not JSON") from exc
+
+    async def _post(self, path: str, body: Json, transaction: str | None = None) -> Json:
+        what = str(body.get("janus"))
+        message = {**body, "transaction": transaction or secrets.token_hex(8)}
+        reply = await self._call("POST", path, what, json=message)
+        if not isinstance(reply, dict):
+            raise JanusError(f"the {what} answer is not a JSON object")
         if reply.get("janus") == "error":
-            raise JanusError(reply.get("error", {}).get("reason", "unknown error"))
+            raise _refusal(what, reply.get("error"))
         return reply
 
     async def create(self) -> None:
-        self.session_id = int((await self._post("", {"janus": "create"}))["data"]["id"])
+        self.session_id = _id(await self._post("", {"janus": "create"}), "create")
         self._tasks.spawn(self._poll(), "long-poll")
 
     async def attach(self, plugin: str = VIDEOROOM) -> int:
         reply = await self._post(f"/{self.session_id}", {"janus": "attach", "plugin": plugin})
-        return int(reply["data"]["id"])
+        return _id(reply, "attach")
 
     async def request(self, handle: int, body: Json) -> Json:
         """A synchronous plugin request (list, listparticipants...): its plugin data."""
         reply = await self._post(f"/{self.session_id}/{handle}", {"janus": "message", "body": body})
-        data: Json = reply.get("plugindata", {}).get("data", {})
+        data = plugin_data(reply)
         if "error" in data:
-            raise JanusError(str(data["error"]))
+            raise _refusal(str(body.get("request")), data)
         return data
 
     async def send(self, handle: int, body: Json, jsep: Json | None = None) -> Json:
         """An asynchronous plugin request: waits for the event that answers it."""
+        what = str(body.get("request"))
         transaction = secrets.token_hex(8)
         future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
         self._waiting[transaction] = future
-        message: Json = {"janus": "message", "body": body, "transaction": transaction}
+        message: Json = {"janus": "message", "body": body}
         if jsep is not None:
             message["jsep"] = jsep
         try:
-            response = await self.http.post(f"{self.url}/{self.session_id}/{handle}", json=message)
-            reply = response.json()
-            if reply.get("janus") == "error":
-                raise JanusError(reply.get("error", {}).get("reason", "unknown error"))
+            await self._post(f"/{self.session_id}/{handle}", message, transaction)
             event = await asyncio.wait_for(future, EVENT_TIMEOUT_S)
-        except (httpx.HTTPError, ValueError, TimeoutError) as exc:
-            raise JanusError(f"{body.get('request')} failed: {exc!r}") from exc
+        except TimeoutError as exc:
+            raise JanusError(f"no answer to {what} within {EVENT_TIMEOUT_S:.0f} s") from exc
         finally:
             self._waiting.pop(transaction, None)
-        data = event.get("plugindata", {}).get("data", {})
+        data = plugin_data(event)
         if "error" in data:
-            raise JanusError(f"{body.get('request')}: {data['error']}")
+            raise _refusal(what, data)
         return event
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
         reached = loop.time()
         while True:
+            started = loop.time()
             try:
-                response = await self.http.get(
-                    f"{self.url}/{self.session_id}", params={"maxev": 10}
+                batch = await self._call(
+                    "GET", f"/{self.session_id}", "long-poll", params={"maxev": 10}
                 )
-                batch = response.json()
                 reached = loop.time()
-            except (httpx.HTTPError, ValueError) as exc:
+            except JanusError as exc:
                 if loop.time() - reached > SESSION_TIMEOUT_S:
-                    batch = {"janus": "error", "error": {"reason": f"unreachable: {exc}"}}
+                    batch = {"janus": "error", "error": {"reason": "unreachable"}}
                 else:
-                    log.warning("Janus long-poll failed: %s", exc)
+                    log.warning("Janus long-poll failed: %s", exc.message)
                     await asyncio.sleep(1.0)
                     continue
-            for event in batch if isinstance(batch, list) else [batch]:
+            events = [
+                e for e in (batch if isinstance(batch, list) else [batch]) if isinstance(e, dict)
+            ]
+            for event in events:
                 self._dispatch(event)
             if isinstance(batch, dict) and batch.get("janus") == "error":
                 log.warning("Janus session %s is gone: %s", self.session_id, batch.get("error"))
                 return
+            if not any(e.get("janus") not in ("keepalive", "ack", "success") for e in events):
+                await asyncio.sleep(max(0.0, started + MIN_IDLE_POLL_S - loop.time()))
 
     def _dispatch(self, event: Json) -> None:
         kind = event.get("janus")
@@ -154,8 +191,9 @@ class JanusClient:
 
 
 def plugin_data(event: Json) -> Json:
-    data: Json = event.get("plugindata", {}).get("data", {})
-    return data
+    plugin = event.get("plugindata")
+    data = plugin.get("data") if isinstance(plugin, dict) else None
+    return data if isinstance(data, dict) else {}
 
 
 class JanusPeer(PeerSession):
@@ -192,13 +230,18 @@ class JanusAdapter:
     """Joins one VideoRoom room, follows its publishers and feeds their audio to the bridge."""
 
     def __init__(
-        self, url: str, room_id: int | str, bridge: Bridge, display: str = "roomscribe"
+        self,
+        url: str,
+        room_id: int | str,
+        bridge: Bridge,
+        display: str = "roomscribe",
+        allow_private: bool = True,
     ) -> None:
         self.url = url
         self.room_id = room_id
         self.bridge = bridge
         self.display = display
-        self.client = JanusClient(url)
+        self.client = JanusClient(url, allow_private)
         self.peer = JanusPeer(bridge, f"janus-{room_id}")
         self.listener: int | None = None
         self.subscriber: int | None = None
@@ -381,31 +424,51 @@ class JanusJoined(BaseModel):
     room: str
 
 
+JANUS_JOIN_ERRORS = documented(400, 401, 415, 502, 503, 504)
+
+
 def janus_router(bridge: Bridge) -> APIRouter:
     router = APIRouter(prefix="/v1/janus", tags=["janus"])
     adapters: dict[str, JanusAdapter] = {}
 
-    @router.post("/join", response_model=JanusJoined)
+    @router.post(
+        "/join",
+        response_model=JanusJoined,
+        responses=JANUS_JOIN_ERRORS,
+        openapi_extra={"requestBody": json_body(JanusJoin)},
+    )
     async def join(request: Request) -> Response:
+        """Join a VideoRoom room of a Janus in ``bridge.janus_urls`` (any public Janus with
+        ``bridge.janus_any_url``); answers within ``bridge.janus_join_timeout_s``."""
         try:
-            check_bearer(bridge.settings, request)
+            check_bearer(bridge.credentials, request)
             body = await read_json(request, JanusJoin)
-            if not body.url.startswith(("http://", "https://")):
+            allow_private = await _checked_janus_url(bridge, body.url)
+            if bridge.runtime.admission is not None:
+                bridge.runtime.admission.check("webrtc")
+            adapter = JanusAdapter(body.url, body.room, bridge, body.display, allow_private)
+            timeout_s = bridge.settings.janus_join_timeout_s
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await adapter.join()
+            except TimeoutError as exc:
                 raise BridgeError(
-                    400, ErrorCode.INVALID_REQUEST, "url must be an http(s) Janus API address"
-                )
-            adapter = JanusAdapter(body.url, body.room, bridge, body.display)
-            await adapter.join()
+                    504,
+                    ErrorCode.UPSTREAM_TIMEOUT,
+                    f"Janus: room {body.room} not joined within {timeout_s:g} s",
+                ) from exc
         except BridgeError as exc:
             return error_response(exc)
         adapters[adapter.id] = adapter
         bridge.tasks.spawn(_forget(adapters, adapter), f"janus {adapter.id}")
         return JSONResponse(JanusJoined(session_id=adapter.id, room=adapter.peer.room).model_dump())
 
-    @router.delete("/{session_id}", status_code=204, response_model=None)
+    @router.delete(
+        "/{session_id}", status_code=204, response_model=None, responses=documented(401, 404)
+    )
     async def leave(session_id: str, request: Request) -> Response:
         try:
-            check_bearer(bridge.settings, request)
+            check_bearer(bridge.credentials, request)
             adapter = adapters.pop(session_id, None)
             if adapter is None:
                 raise BridgeError(404, ErrorCode.NOT_FOUND, f"no Janus session {session_id!r}")
@@ -415,6 +478,24 @@ def janus_router(bridge: Bridge) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+async def _checked_janus_url(bridge: Bridge, url: str) -> bool:
+    """Whether the URL may reach private addresses: configured ones may, others must pass
+    the outbound guard (and ``bridge.janus_any_url`` must allow them at all)."""
+    configured = {known.rstrip("/") for known in bridge.settings.janus_urls}
+    if url.rstrip("/") in configured:
+        return True
+    if not bridge.settings.janus_any_url:
+        raise BridgeError(
+            400, ErrorCode.FORBIDDEN_URL, "url is not one of the configured bridge.janus_urls"
+        )
+    allow_private = bridge.runtime.settings.api.allow_private_urls
+    try:
+        await check_url(url, allow_private)
+    except DownloadError as exc:
+        raise BridgeError(400, exc.code, f"url: {exc.message}") from exc
+    return allow_private
 
 
 async def _forget(adapters: dict[str, JanusAdapter], adapter: JanusAdapter) -> None:

@@ -4,10 +4,11 @@ The ``tracks`` map (mid -> participant) is authoritative; a sending mid it does 
 back to the msid stream id of its media line. aiortc track ids and SSRCs are never used.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.download import DownloadError, resolve
 from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.call_room import Speaker
@@ -26,11 +27,20 @@ class TrackInfo(_Body):
     language: str | None = None
 
 
+IceUrl = Annotated[str, Field(pattern=r"^(stun|turn|turns):[^\s]{1,500}$")]
+
+
+class IceServer(_Body):
+    urls: IceUrl | list[IceUrl] = Field(min_length=1)
+    username: str | None = Field(default=None, max_length=512)
+    credential: str | None = Field(default=None, max_length=512)
+
+
 class CreateSession(_Body):
     room: str = Field(min_length=1, max_length=256)
     sdp: str
     tracks: dict[str, TrackInfo] = Field(default_factory=dict)
-    ice_servers: list[dict[str, Any]] | None = None
+    ice_servers: list[IceServer] | None = Field(default=None, max_length=8)
 
 
 class Reoffer(_Body):
@@ -98,10 +108,39 @@ def _check_mids(tracks: dict[str, Any], known: set[str]) -> None:
         )
 
 
+def _ice_host(url: str) -> tuple[str, int]:
+    """``stun:host:port`` / ``turn:[v6]:port?transport=udp`` -> (host, port)."""
+    scheme, _, rest = url.partition(":")
+    where = rest.split("?", 1)[0]
+    if where.startswith("["):
+        host, _, port = where[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = where.partition(":")
+    default = 5349 if scheme == "turns" else 3478
+    return host, int(port) if port.isdigit() else default
+
+
+async def check_ice_servers(bridge: Bridge, servers: list[IceServer]) -> None:
+    """A caller's STUN/TURN servers pass the outbound guard like any other URL."""
+    allow_private = bridge.runtime.settings.api.allow_private_urls
+    for server in servers:
+        for url in [server.urls] if isinstance(server.urls, str) else server.urls:
+            host, port = _ice_host(url)
+            try:
+                await resolve(host, port, allow_private)
+            except DownloadError as exc:
+                raise BridgeError(400, exc.code, f"ice_servers: {exc.message}") from exc
+
+
 async def create_session(bridge: Bridge, request: CreateSession) -> SessionAnswer:
     if bridge.runtime.admission is not None:
         bridge.runtime.admission.check("webrtc")
-    session = RoomSession(bridge, request.room, request.ice_servers)
+    servers = request.ice_servers
+    if servers:
+        await check_ice_servers(bridge, servers)
+    ice = None if servers is None else [server.model_dump(exclude_none=True) for server in servers]
+    session = RoomSession(bridge, request.room, ice)
     try:
         sdp = await session.offer(request.sdp, request.tracks)
         bridge.add_peer(session)

@@ -2,6 +2,7 @@
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc.sdp import candidate_from_sdp
 from fastapi import APIRouter, Request, Response
@@ -10,7 +11,7 @@ from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
-from sfu_bridge.http import check_bearer, error_response, read_text
+from sfu_bridge.http import check_bearer, documented, error_response, read_text
 from sfu_bridge.peer import PeerSession
 from sfu_bridge.sdp import MediaLine
 
@@ -94,9 +95,75 @@ async def trickle(session: WhipSession, text: str) -> None:
 
 
 def whip_router(bridge: Bridge) -> APIRouter:
+    """Session routes come first: ``/whip/sessions/{id}`` must not be read as a room."""
     router = APIRouter(tags=["whip"])
 
-    @router.post("/whip/{room}/{participant}", status_code=201, response_model=None)
+    @router.delete(
+        "/whip/sessions/{session_id}",
+        name="whip_session",
+        response_model=None,
+        responses=documented(401, 404),
+    )
+    async def stop(session_id: str, request: Request) -> Response:
+        try:
+            check_bearer(bridge.credentials, request)
+            session = bridge.peer(session_id, WhipSession)
+        except BridgeError as exc:
+            return error_response(exc)
+        await bridge.close_peer(session, "left")
+        return Response(status_code=200)
+
+    @router.patch(
+        "/whip/sessions/{session_id}",
+        status_code=204,
+        response_model=None,
+        responses=documented(400, 401, 404, 412, 413, 415, 422),
+        openapi_extra={"requestBody": _body(SDPFRAG)},
+    )
+    async def patch(session_id: str, request: Request) -> Response:
+        try:
+            check_bearer(bridge.credentials, request)
+            session = bridge.peer(session_id, WhipSession)
+            assert isinstance(session, WhipSession)
+            match = request.headers.get("if-match")
+            if match is not None and match.strip() not in ("*", session.etag):
+                raise BridgeError(
+                    412,
+                    ErrorCode.PRECONDITION_FAILED,
+                    f"If-Match {match} is not the session's ETag",
+                )
+            await trickle(session, await read_text(request, SDPFRAG))
+        except BridgeError as exc:
+            return error_response(exc)
+        return Response(status_code=204)
+
+    @router.options(
+        "/whip/sessions/{session_id}",
+        status_code=204,
+        response_model=None,
+        responses=documented(401, 404),
+    )
+    async def session_options(session_id: str, request: Request) -> Response:
+        try:
+            check_bearer(bridge.credentials, request)
+            bridge.peer(session_id, WhipSession)
+        except BridgeError as exc:
+            return error_response(exc)
+        return Response(status_code=204, headers={"Allow": "OPTIONS, PATCH, DELETE"})
+
+    @router.post(
+        "/whip/{room}/{participant}",
+        status_code=201,
+        response_model=None,
+        responses={
+            201: {
+                "description": "the SDP answer",
+                "content": {SDP: {"schema": {"type": "string"}}},
+            },
+            **documented(400, 401, 413, 415, 422, 503),
+        },
+        openapi_extra={"requestBody": _body(SDP)},
+    )
     async def publish(
         room: str,
         participant: str,
@@ -106,7 +173,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
     ) -> Response:
         session: WhipSession | None = None
         try:
-            check_bearer(bridge.settings, request)
+            check_bearer(bridge.credentials, request)
             if bridge.runtime.admission is not None:
                 bridge.runtime.admission.check("webrtc")
             offer = await read_text(request, SDP)
@@ -125,32 +192,21 @@ def whip_router(bridge: Bridge) -> APIRouter:
             headers={"Location": str(location), "ETag": session.etag},
         )
 
-    @router.delete("/whip/sessions/{session_id}", name="whip_session", response_model=None)
-    async def stop(session_id: str, request: Request) -> Response:
+    @router.options(
+        "/whip/{room}/{participant}",
+        status_code=204,
+        response_model=None,
+        responses=documented(401),
+    )
+    async def endpoint_options(room: str, participant: str, request: Request) -> Response:
         try:
-            check_bearer(bridge.settings, request)
-            session = bridge.peer(session_id, WhipSession)
+            check_bearer(bridge.credentials, request)
         except BridgeError as exc:
             return error_response(exc)
-        await bridge.close_peer(session, "left")
-        return Response(status_code=200)
-
-    @router.patch("/whip/sessions/{session_id}", response_model=None)
-    async def patch(session_id: str, request: Request) -> Response:
-        try:
-            check_bearer(bridge.settings, request)
-            session = bridge.peer(session_id, WhipSession)
-            assert isinstance(session, WhipSession)
-            match = request.headers.get("if-match")
-            if match is not None and match.strip() not in ("*", session.etag):
-                raise BridgeError(
-                    412,
-                    ErrorCode.PRECONDITION_FAILED,
-                    f"If-Match {match} is not the session's ETag",
-                )
-            await trickle(session, await read_text(request, SDPFRAG))
-        except BridgeError as exc:
-            return error_response(exc)
-        return Response(status_code=204)
+        return Response(status_code=204, headers={"Allow": "OPTIONS, POST", "Accept-Post": SDP})
 
     return router
+
+
+def _body(media_type: str) -> dict[str, Any]:
+    return {"required": True, "content": {media_type: {"schema": {"type": "string"}}}}

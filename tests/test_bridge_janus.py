@@ -50,7 +50,8 @@ async def test_bot_captions_janus_publishers_by_display_name(
 ) -> None:
     librivox_files()
     refs = librivox_reference()
-    async with running_bridge(bridge_settings(tmp_path)) as (bridge, client, sink):
+    settings = bridge_settings(tmp_path, janus_urls=[janus.url, "http://127.0.0.1:9/janus"])
+    async with running_bridge(settings) as (bridge, client, sink):
         ann = JanusPublisher(janus, "Ann", SpeechTrack())
         ben = JanusPublisher(janus, "Ben", SpeechTrack())
         await asyncio.gather(ann.join(), ben.join())
@@ -107,9 +108,11 @@ async def test_bot_captions_janus_publishers_by_display_name(
 
 
 async def test_join_janus_reports_a_missing_room(tmp_path: Path, janus: JanusServer) -> None:
-    async with running_bridge(bridge_settings(tmp_path)) as (_, client, _sink):
+    settings = bridge_settings(tmp_path, janus_urls=[janus.url])
+    async with running_bridge(settings) as (_, client, _sink):
         missing = await client.post("/v1/janus/join", json={"url": janus.url, "room": 999})
-        assert missing.status_code == 502 and "999" in missing.json()["message"]
+        assert missing.status_code == 502
+        assert missing.json()["message"] == "Janus: refused join (error 426)"
         assert (
             await client.post("/v1/janus/join", json={"url": "ftp://x", "room": 1})
         ).status_code == 400

@@ -43,6 +43,7 @@ def _start_worker(nats_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "ROOMSCRIBE_POSTCALL__BATCH_MODEL": "whisper-tiny.en",
         "ROOMSCRIBE_POSTCALL__JOB_ACK_WAIT_S": "3",
         "ROOMSCRIBE_POSTCALL__WEBHOOK_SECRET": "kill-secret",
+        "ROOMSCRIBE_API__ALLOW_PRIVATE_URLS": "true",  # the webhook receiver is on loopback
     }
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.worker"],

@@ -14,7 +14,9 @@ import uvicorn
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 
+from api.auth import AccessPolicy, AuthMiddleware
 from api.errors import install_error_handlers
+from api.metrics import ApiMetrics
 from api.overlay import overlay_router
 from api.overlay_credentials import OverlayCredentials
 from config.settings import load_settings
@@ -38,6 +40,8 @@ def overlay_app(
     app = FastAPI()
     install_error_handlers(app)
     settings = load_settings(nats={"subject_prefix": prefix}, api={"api_keys": api_keys or []})
+    policy = AccessPolicy(settings.api.api_keys, settings.api.public_paths)
+    app.add_middleware(AuthMiddleware, policy=policy, metrics=ApiMetrics())
     app.include_router(overlay_router(settings, nats_websocket_url, credentials))
     return app
 
@@ -280,9 +284,28 @@ async def test_overlay_tokens_are_read_only_scoped_to_one_room_and_expire(tmp_pa
         await service.close()
 
 
+async def test_overlay_tokens_are_capped_until_one_expires(tmp_path: Path) -> None:
+    async with scoped_nats(tmp_path, ttl_s=2) as (server, credentials):
+        credentials.max_users = 2
+        app = overlay_app(server.websocket_url, credentials=credentials)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            issued = [await c.post(f"/v1/rooms/r{i}/overlay-token") for i in range(3)]
+            assert [r.status_code for r in issued] == [200, 200, 429]
+            assert issued[2].json()["error"] == {
+                "code": "CAPACITY",
+                "message": "2 overlay tokens are live; wait for one to expire",
+            }
+            assert len(credentials.users) == 2
+            await asyncio.sleep(2.5)
+            assert credentials.users == []
+            assert (await c.post("/v1/rooms/r3/overlay-token")).status_code == 200
+
+
 async def test_overlay_token_needs_the_embedded_server() -> None:
     app = overlay_app("ws://nats.example:443", credentials=None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/rooms/standup/overlay-token")
-    assert response.status_code == 501
+    assert response.status_code == 404
     assert "embedded NATS" in response.json()["error"]["message"]

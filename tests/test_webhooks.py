@@ -65,7 +65,7 @@ async def test_event_is_sent_once_signed_and_on_nats(nc: NatsClient) -> None:
 
     sub = await nc.subscribe("rs-hooks.v1.jobevents.>", cb=collect)
     with webhook_receiver() as receiver:
-        dispatcher = WebhookDispatcher(notifier, _settings())
+        dispatcher = WebhookDispatcher(notifier, _settings(), allow_private=True)
         await dispatcher.start()
         try:
             assert await notifier.notify("tr_1", EventType.TRANSCRIPT_DONE, {"n": 1}, receiver.url)
@@ -94,7 +94,9 @@ async def test_failed_posts_are_retried_then_given_up(nc: NatsClient) -> None:
     notifier = await Notifier.open(nc, "rs-retry")
     with webhook_receiver() as receiver:
         receiver.fail_first = 2
-        dispatcher = WebhookDispatcher(notifier, _settings(webhook_max_attempts=3))
+        dispatcher = WebhookDispatcher(
+            notifier, _settings(webhook_max_attempts=3), allow_private=True
+        )
         await dispatcher.start()
         try:
             await notifier.notify("tr_2", EventType.TRANSCRIPT_DONE, {}, receiver.url)
@@ -124,7 +126,9 @@ async def test_pending_delivery_survives_a_restart(nc: NatsClient, nats_url: str
         await nc.jetstream().purge_stream(notifier.stream)
         other = await nats.connect(nats_url)
         try:
-            dispatcher = WebhookDispatcher(await Notifier.open(other, "rs-durable"), _settings())
+            dispatcher = WebhookDispatcher(
+                await Notifier.open(other, "rs-durable"), _settings(), allow_private=True
+            )
             await dispatcher.start()
             (hit,) = await asyncio.to_thread(receiver.wait_for, 1)
             await dispatcher.stop()
