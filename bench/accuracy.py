@@ -45,7 +45,7 @@ from pipeline.audio_io import decode_file
 from pipeline.call import CallSession
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
-from protocol import CaptionFrame
+from protocol import CaptionFrame, ErrorFrame
 
 LIVE_MODEL = "whisper-tiny.en"
 POSTCALL_MODEL = "whisper-base"
@@ -123,6 +123,9 @@ class TimedSink(CollectingSink):
 async def live(
     meeting: Meeting, settings: Settings, realtime: bool
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    if not realtime:
+        live_settings = settings.live.model_copy(update={"max_load": 1.0})
+        settings = settings.model_copy(update={"live": live_settings})
     sink = TimedSink()
     runtime = await LiveRuntime.create(settings, sink)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -159,8 +162,11 @@ async def live(
     for frame, _ in captions:
         if frame.type == "final":
             finals[frame.participant].append(frame.text)
+    errors = [f.code for f in sink.frames if isinstance(f, ErrorFrame)]
     row = {
         **per_speaker(meeting, {p: " ".join(t) for p, t in finals.items()}),
+        "error_frames": errors,
+        "hypothesis": {p: " ".join(t) for p, t in finals.items()},
         "stable_violations": len(stable_violations([f for f, _ in captions])),
         "cores": round(cpu / wall, 2),
         "rtf": round(wall / meeting.duration, 3),
@@ -222,6 +228,8 @@ async def postcall_and_batch(
     diarizer = _diarizer(settings)
     rows = []
     post = await bench_postcall(meeting, settings, models, diarizer, model=POSTCALL_MODEL)
+    # each speaker's words against their own lines (segments of tracks interleave in time)
+    post["wer"] = post.pop("wer_per_speaker")
     rows.append({"system": "postcall", **_keep(post), "lost": _lost(meeting, post)})
     for diarize, expected in ((False, None), (True, speakers), (True, None)):
         row = await bench_batch(
@@ -245,7 +253,7 @@ def run_set(name: str, meeting: Meeting, settings: Settings, models: WhisperMode
 
     def emit(row: dict[str, Any]) -> None:
         row = {"set": name, **row}
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "hypothesis"}), flush=True)
         rows.append(row)
 
     for model_name in (LIVE_MODEL, POSTCALL_MODEL):

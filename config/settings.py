@@ -27,6 +27,11 @@ class LiveSettings(BaseModel):
     partial_interval_s: float = Field(default=0.6, gt=0)
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)
+    max_load: float = Field(
+        default=5.0,
+        ge=1,
+        description="how far overload may stretch the partial cadence; 1 keeps it fixed",
+    )
     min_silence_s: float = Field(default=0.45, gt=0)
     vad_mode: int = Field(default=2, ge=0, le=3)
     input_queue_s: float = Field(

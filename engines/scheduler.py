@@ -39,6 +39,8 @@ class Registration:
 
 class DecodeScheduler:
     def __init__(self, threads: int = 0, max_load: float = 5.0, tick_s: float = 0.01) -> None:
+        """``max_load`` 1 keeps the partial cadence fixed (a feed that waits for recognition
+        gets the same decodes at any speed)."""
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.tick_s = tick_s
         self.max_load = max_load

@@ -43,7 +43,7 @@ class LiveRuntime:
     async def create(
         cls, settings: Settings, sink: FrameSink, engine: Engine | None = None
     ) -> "LiveRuntime":
-        scheduler = DecodeScheduler(decode_threads(settings))
+        scheduler = DecodeScheduler(decode_threads(settings), max_load=settings.live.max_load)
         await scheduler.start()
         return cls(settings, engine or load_engine(settings.live.model, settings), scheduler, sink)
 

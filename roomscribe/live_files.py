@@ -70,9 +70,10 @@ async def run_live_files(
     tracks = [decode_file(path) for path in files]
     realtime = speed == "1"
     if not realtime:
-        settings = settings.model_copy(
-            update={"live": settings.live.model_copy(update={"input_queue_s": float("inf")})}
-        )
+        # the feed waits for recognition, and a fixed cadence keeps its decodes (and finals)
+        # the ones a real-time feed gets
+        live = settings.live.model_copy(update={"input_queue_s": float("inf"), "max_load": 1.0})
+        settings = settings.model_copy(update={"live": live})
     sinks: list[FrameSink] = [sink or JsonLinesSink()]
     publisher = None
     if publish:

@@ -95,7 +95,11 @@ async def live_finals(
     tracks: dict[str, np.ndarray], realtime: bool, tmp_path: Path
 ) -> tuple[dict[str, list[CaptionFrame]], list[CaptionFrame]]:
     sink = CollectingSink()
-    runtime = await LiveRuntime.create(load_settings(data_dir=tmp_path), sink, engine=live_engine())
+    settings = load_settings(data_dir=tmp_path)
+    if not realtime:
+        live = settings.live.model_copy(update={"max_load": 1.0})
+        settings = settings.model_copy(update={"live": live})
+    runtime = await LiveRuntime.create(settings, sink, engine=live_engine())
     try:
         call = CallSession(runtime, "dev")
         await call.start()
