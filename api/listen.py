@@ -70,7 +70,7 @@ from pipeline.results import store_results
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import AnyFrame, FrameSink
 from pipeline.speaker_stream import SpeakerStream
-from pipeline.tasks import spawn
+from pipeline.tasks import TaskSet
 from protocol import CaptionFrame, ErrorCode, ErrorFrame
 from protocol.transcript import Segment, Speaker, Transcript
 
@@ -304,6 +304,7 @@ class ListenSession:
         self.finals: list[CaptionFrame] = []
         self.outbox = _Outbox()
         self.connected = True
+        self._tasks = TaskSet(f"listen {self.session_id}")
         self._pcm = PcmInput(start.sample_rate, start.channels)
         self._max_samples = int(lease.max_duration_s * SAMPLE_RATE)
 
@@ -349,7 +350,7 @@ class ListenSession:
             "job_id": self.job_id,
             "max_duration_seconds": self.lease.max_duration_s,
         }
-        writer = spawn(self._write(json.dumps(ready)), f"listen-writer:{self.session_id}")
+        writer = self._tasks.spawn(self._write(json.dumps(ready)), "writer")
         ending = Ending(
             "failed", CLOSE_INTERNAL, (ErrorCode.INTERNAL, "the session failed on the server")
         )

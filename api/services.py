@@ -63,6 +63,16 @@ class Services:
         await dispatcher.start()
         self._running.append(dispatcher)
 
+    def problems(self) -> list[str]:
+        """What keeps the service from being healthy (empty: healthy)."""
+        found = [] if self.nc.is_connected else ["NATS is not connected"]
+        found += [
+            "the job worker loop has stopped"
+            for running in self._running
+            if getattr(running, "alive", True) is False
+        ]
+        return found
+
     async def stop(self) -> None:
         while self._running:
             await self._running.pop().stop()

@@ -47,8 +47,11 @@ class JobState(StrEnum):
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.PROCESSING, JobState.FAILED}),
-    # processing -> processing: progress updates and a redelivered job restarting
-    JobState.PROCESSING: frozenset({JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED}),
+    # processing -> processing: progress updates and a redelivered job restarting;
+    # processing -> queued: its worker died, the job waits for redelivery ("retrying")
+    JobState.PROCESSING: frozenset(
+        {JobState.PROCESSING, JobState.QUEUED, JobState.COMPLETED, JobState.FAILED}
+    ),
     JobState.COMPLETED: frozenset(),
     JobState.FAILED: frozenset(),
 }
@@ -244,7 +247,10 @@ class JobStore:
     async def modify(self, job_id: str, change: Callable[[JobRecord], JobRecord]) -> JobRecord:
         while True:
             entry = await self._entry(job_id)
-            updated = change(JobRecord.model_validate_json(entry.value))
+            current = JobRecord.model_validate_json(entry.value)
+            updated = change(current)
+            if updated is current:
+                return current
             try:
                 await self._kv.update(
                     job_id, updated.model_dump_json().encode(), last=entry.revision
@@ -274,6 +280,18 @@ class JobStore:
                 break
         more = bool(page) and any(key < page[-1].id for key in ordered)
         return page, page[-1].id if more else None
+
+    async def all(self) -> list[JobRecord]:
+        """Every record (for sweeps; the API pages with :meth:`page`)."""
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        records = []
+        for key in keys:
+            with contextlib.suppress(JobNotFoundError):
+                records.append(await self.get(key))
+        return records
 
     async def delete(self, job_id: str) -> None:
         """Remove the record, its audio and every result."""

@@ -12,7 +12,6 @@ survives a restart at any point.
 NATS subject of the events: ``<prefix>.v1.jobevents.<job id>`` (body = the webhook body).
 """
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -41,7 +40,7 @@ from pydantic import BaseModel, Field
 from config.settings import PostCallSettings
 from pipeline.jobs import bucket_base, open_kv
 from pipeline.pull import fetch_forever
-from pipeline.tasks import spawn
+from pipeline.tasks import TaskSet
 
 log = logging.getLogger("roomscribe.webhooks")
 
@@ -203,7 +202,7 @@ class WebhookDispatcher:
     def __init__(self, notifier: Notifier, settings: PostCallSettings) -> None:
         self.notifier = notifier
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("webhook dispatcher")
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
 
@@ -223,15 +222,11 @@ class WebhookDispatcher:
                 max_deliver=-1,
             ),
         )
-        self._task = spawn(self._run(), name="webhook-dispatcher")
+        self._tasks.spawn(self._run(), "deliveries")
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._tasks.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

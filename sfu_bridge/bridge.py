@@ -5,11 +5,11 @@ from collections.abc import Awaitable, Callable
 
 from config.settings import BridgeSettings
 from pipeline.runtime import LiveRuntime
+from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.call_room import CallRoom, CallState
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.peer import PeerSession
-from sfu_bridge.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 

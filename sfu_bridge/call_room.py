@@ -13,8 +13,8 @@ from pipeline.call import CallSession
 from pipeline.recorder import CallRecord
 from pipeline.runtime import LiveRuntime
 from pipeline.speaker_stream import SpeakerStream
+from pipeline.tasks import TaskSet
 from protocol import ErrorCode, ErrorFrame
-from sfu_bridge.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 

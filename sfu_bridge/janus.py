@@ -18,13 +18,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.runtime import LiveRuntime
+from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, error_response, read_json
 from sfu_bridge.peer import PeerSession
-from sfu_bridge.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.ice import gather_on, ice_configuration
 from sfu_bridge.sdp import MediaLine, parse_offer
-from sfu_bridge.tasks import TaskSet
 from sfu_bridge.track_audio import AudioTarget, TrackFeed, drain
 
 if TYPE_CHECKING:
