@@ -13,8 +13,8 @@ frames, see PROTOCOL.md), then ``{"type": "completed", "job_id", "streamed_secon
 "reason"}`` and closes. 8 to 192 kHz and stereo are resampled to 16 kHz mono. The session is
 one call (room = ``room`` or the session id) with one participant: its frames go to NATS
 too, its audio is recorded, and when it ends (``end``, a limit, or the client going away)
-its live finals are stored as the completed transcript job ``job_id``
-(``GET /v1/transcripts/{job_id}``).
+it is handed over like every call: ``job_id`` is its post-call job
+(``GET /v1/transcripts/{job_id}``), the one transcript of the session.
 
 Errors are ``{"type": "error", "code", "message"}`` followed by a close:
 
@@ -65,14 +65,11 @@ from api.errors import ApiError
 from config.settings import Settings
 from engines.base import SAMPLE_RATE
 from pipeline.call import CallSession
-from pipeline.jobs import JobKind, JobOptions, JobRecord, JobSource, JobState, JobStore, new_job_id
-from pipeline.results import store_results
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import AnyFrame, FrameSink
 from pipeline.speaker_stream import SpeakerStream
 from pipeline.tasks import TaskSet
 from protocol import CaptionFrame, ErrorCode, ErrorFrame
-from protocol.transcript import Segment, Speaker, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -287,21 +284,17 @@ class ListenSession:
         websocket: WebSocket,
         runtime: LiveRuntime,
         tap: FrameTap,
-        store: JobStore | None,
         lease: Lease,
         start: StartMessage,
     ) -> None:
         self.websocket = websocket
         self.runtime = runtime
         self.tap = tap
-        self.store = store
         self.lease = lease
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.room = start.room or self.session_id
         self.participant = start.participant or self.session_id
-        self.job_id = new_job_id() if store is not None else None
-        self.finals: list[CaptionFrame] = []
         self.outbox = _Outbox()
         self.connected = True
         self._tasks = TaskSet(f"listen {self.session_id}")
@@ -310,10 +303,7 @@ class ListenSession:
 
     def _route(self, frame: AnyFrame) -> None:
         if isinstance(frame, CaptionFrame):
-            if frame.type == "final":
-                if frame.text.strip():
-                    self.finals.append(frame)
-            elif not self.start.interim_results:
+            if frame.type == "partial" and not self.start.interim_results:
                 return
             self.outbox.put(frame.model_dump_json(), droppable=frame.type == "partial")
         else:
@@ -347,7 +337,7 @@ class ListenSession:
         ready = {
             "type": "ready",
             "session_id": self.session_id,
-            "job_id": self.job_id,
+            "job_id": call.job_id if self.runtime.handover is not None else None,
             "max_duration_seconds": self.lease.max_duration_s,
         }
         writer = self._tasks.spawn(self._write(json.dumps(ready)), "writer")
@@ -362,13 +352,12 @@ class ListenSession:
                 stream.push(tail)
             streamed = stream.audio_seconds
             await call.end(ending.reason)
-            saved = await self._save(call.call_id, stream.offset + streamed)
             if ending.error is not None and ending.error[0] != ErrorCode.MAX_DURATION_REACHED:
                 self.outbox.put(_error(*ending.error))
             elif self.connected:
                 completed = {
                     "type": "completed",
-                    "job_id": self.job_id if saved else None,
+                    "job_id": call.job_id if call.handed_over else None,
                     "streamed_seconds": round(streamed, 3),
                     "reason": ending.reason,
                 }
@@ -429,51 +418,6 @@ class ListenSession:
         self.outbox.put(_error(ErrorCode.MAX_DURATION_REACHED, message))
         return Ending("max_duration", CLOSE_MAX_DURATION, (ErrorCode.MAX_DURATION_REACHED, message))
 
-    async def _save(self, call_id: str, duration: float) -> bool:
-        if self.store is None or self.job_id is None:
-            return False
-        transcript = Transcript(
-            id=self.job_id,
-            language=self.start.language
-            or next((f.language for f in self.finals if f.language), None),
-            model=self.runtime.engine.info.name,
-            duration=round(duration, 3),
-            speakers=[Speaker(id=self.participant, name=self.start.name)],
-            segments=[
-                Segment(
-                    id=f.segment_id,
-                    speaker=f.participant,
-                    start=f.start,
-                    end=f.end,
-                    text=f.text.strip(),
-                    words=f.words,
-                    live_segment_ids=[f.segment_id],
-                )
-                for f in self.finals
-            ],
-        )
-        try:
-            results = await store_results(self.store, self.job_id, transcript)
-            now = time.time()
-            await self.store.create(
-                JobRecord(
-                    id=self.job_id,
-                    kind=JobKind.POSTCALL,
-                    status=JobState.COMPLETED,
-                    progress=100,
-                    message="live transcript of a /v1/listen session",
-                    created_at=now,
-                    updated_at=now,
-                    source=JobSource(type="call", call_id=call_id),
-                    options=JobOptions(language=self.start.language),
-                    results=results,
-                )
-            )
-        except Exception:
-            log.exception("could not store the transcript of listen session %s", self.session_id)
-            return False
-        return True
-
 
 def _message_type(text: str) -> str:
     try:
@@ -529,9 +473,7 @@ async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
         pass
 
 
-def listen_router(
-    runtime: LiveRuntime, admission: Admission, store: JobStore | None, settings: Settings
-) -> APIRouter:
+def listen_router(runtime: LiveRuntime, admission: Admission, settings: Settings) -> APIRouter:
     """``WS /v1/listen`` and ``POST /v1/listen/token``; installs a :class:`FrameTap` on the
     runtime's sink so sessions see their own frames."""
     router = APIRouter(tags=["listen"])
@@ -552,7 +494,7 @@ def listen_router(
             return
         try:
             start = await read_start(websocket, lease.idle_timeout_s)
-            await ListenSession(websocket, runtime, tap, store, lease, start).run()
+            await ListenSession(websocket, runtime, tap, lease, start).run()
         except Refusal as refusal:
             await _refuse(websocket, refusal)
         except WebSocketDisconnect:

@@ -46,13 +46,13 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Start the in-process worker and webhook sender (if asked) and hook ended calls."""
+        """Hand ended calls over to post-call (and the calls a previous run left), start the
+        in-process worker (if asked) and the webhook sender."""
         if self.runtime is not None:
-            from pipeline.postcall import call_ended_hook
+            from pipeline.handover import CallHandover
 
-            self.runtime.call_ended_hooks.append(
-                call_ended_hook(self.store, self.notifier, self.settings)
-            )
+            self.runtime.handover = CallHandover(self.store, self.notifier, self.settings)
+            await self.runtime.handover.recover()
         if self.run_worker:
             from pipeline.worker import Worker
 

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     overlay: OverlaySettings = Field(default_factory=OverlaySettings)
 
+    @property
+    def calls_dir(self) -> Path:
+        """Where this process records its calls (see ``pipeline.recorder``)."""
+        return Path(self.data_dir) / "calls"
+
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)

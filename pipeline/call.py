@@ -6,6 +6,7 @@ import time
 import uuid
 from enum import StrEnum
 
+from pipeline.jobs import new_job_id
 from pipeline.recorder import CallRecord, CallRecorder
 from pipeline.runtime import LiveRuntime
 from pipeline.speaker_stream import Participant, SpeakerStream
@@ -30,10 +31,11 @@ class CallSession:
         self.runtime = runtime
         self.room = room
         self.call_id = call_id or uuid.uuid4().hex
+        self.job_id = new_job_id()
         self.participants: dict[str, SpeakerStream] = {}
         self.state = CallState.OPEN
         self._started = time.monotonic()
-        self._recorder = CallRecorder(runtime.calls_dir, self.call_id, room)
+        self._recorder = CallRecorder(runtime.calls_dir, self.call_id, room, self.job_id)
         self._record: CallRecord | None = None
 
     @property
@@ -113,9 +115,14 @@ class CallSession:
         self._record = record
         self.state = CallState.ENDED
         self._event(EventType.CALL_ENDED, reason=reason)
-        for hook in self.runtime.call_ended_hooks:
+        handover = self.runtime.handover
+        if handover is not None:
             try:
-                await hook(record)
+                await handover.hand_over(record)
             except Exception:
-                log.exception("call-ended hook failed for call %s", self.call_id)
+                log.exception("call %s not handed over; the next start retries", self.call_id)
         return record
+
+    @property
+    def handed_over(self) -> bool:
+        return self._record is not None and self._record.handed_over

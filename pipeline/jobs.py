@@ -5,7 +5,10 @@
   submission is dropped by the server;
 * records: KV bucket ``<base>_jobs``, key = job id, updated with compare-and-set;
 * audio and results: object store ``<base>_files``, names ``<job id>/<file>``, so writing a
-  result twice (a redelivered job) overwrites rather than duplicates.
+  result twice (a redelivered job) overwrites rather than duplicates;
+* call recordings: the same object store, names ``calls/<call id>/<file>`` (``call.json``,
+  ``finals.jsonl`` and one WAV per participant), put there when the call is handed over, so
+  a worker on any machine can run its post-call job.
 
 ``<base>`` is the subject prefix with dots turned into underscores (``roomscribe``).
 """
@@ -18,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import nats.js.errors
@@ -305,6 +309,25 @@ class JobStore:
 
     async def put_file(self, job_id: str, name: str, data: bytes | BinaryIO) -> None:
         await self._files.put(f"{job_id}/{name}", data)
+
+    async def put_call_file(self, call_id: str, name: str, path: Path) -> None:
+        with open(path, "rb") as data:  # noqa: ASYNC230 - the store reads it in a thread
+            await self._files.put(f"calls/{call_id}/{name}", data)
+
+    async def download_call_file(self, call_id: str, name: str, path: Path) -> None:
+        """Write one recorded file of the call to ``path``; raises JobNotFoundError."""
+        with open(path, "wb") as out:  # noqa: ASYNC230 - the store writes it in a thread
+            try:
+                await self._files.get(f"calls/{call_id}/{name}", writeinto=out)
+            except nats.js.errors.NotFoundError as exc:
+                raise JobNotFoundError(f"calls/{call_id}/{name}") from exc
+
+    async def has_call(self, call_id: str) -> bool:
+        try:
+            info = await self._files.get_info(f"calls/{call_id}/call.json")
+        except nats.js.errors.NotFoundError:
+            return False
+        return not info.deleted
 
     async def get_file(self, job_id: str, name: str) -> bytes:
         try:

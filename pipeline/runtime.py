@@ -1,19 +1,18 @@
 """What every call in the process shares: settings, the live engine, the decode scheduler,
-the frame sink and the hooks run when a call ends."""
+the frame sink, admission and the hand-over of ended calls to post-call."""
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from config import Settings
 from engines.base import Engine
 from engines.factory import decode_threads, load_engine
 from engines.scheduler import DecodeScheduler
-from pipeline.recorder import CallRecord
 from pipeline.sink import FrameSink
 from protocol import Subjects
 
-CallEndedHook = Callable[[CallRecord], Awaitable[None]]
+if TYPE_CHECKING:
+    from pipeline.handover import CallHandover
 
 
 class StreamGate(Protocol):
@@ -36,7 +35,7 @@ class LiveRuntime:
         self.scheduler = scheduler
         self.sink = sink
         self.subjects = Subjects(settings.nats.subject_prefix)
-        self.call_ended_hooks: list[CallEndedHook] = []
+        self.handover: CallHandover | None = None
         self.admission: StreamGate | None = None
 
     @classmethod
@@ -49,7 +48,7 @@ class LiveRuntime:
 
     @property
     def calls_dir(self) -> Path:
-        return self.settings.data_dir / "calls"
+        return self.settings.calls_dir
 
     async def aclose(self) -> None:
         await self.scheduler.stop()
