@@ -9,6 +9,8 @@ from nats.aio.client import Client as NatsClient
 from api.metrics import ApiMetrics
 from config.settings import Settings
 from pipeline.jobs import JobStore
+from pipeline.loop_lag import LoopLag
+from pipeline.tasks import TaskSet
 from pipeline.webhooks import Notifier, WebhookDispatcher
 
 
@@ -22,7 +24,12 @@ class Services:
     routers: list[APIRouter] = field(default_factory=list)
     run_worker: bool = False
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    loop_lag: LoopLag = field(default_factory=LoopLag)
     _running: list[Any] = field(default_factory=list, init=False, repr=False)
+    _tasks: TaskSet = field(default_factory=lambda: TaskSet("services"), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.loop_lag.register(self.metrics.registry)
 
     @classmethod
     async def open(
@@ -48,6 +55,7 @@ class Services:
     async def start(self) -> None:
         """Hand ended calls over to post-call (and the calls a previous run left), start the
         in-process worker (if asked) and the webhook sender."""
+        self._tasks.spawn(self.loop_lag.run(), "event-loop lag")
         if self.runtime is not None:
             from pipeline.handover import CallHandover
 
@@ -76,3 +84,4 @@ class Services:
     async def stop(self) -> None:
         while self._running:
             await self._running.pop().stop()
+        await self._tasks.aclose()

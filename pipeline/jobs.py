@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 import nats.js.errors
+import numpy as np
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -35,7 +36,7 @@ from engines.whisper_batch import WhisperModels
 from protocol.transcript import Transcript
 
 if TYPE_CHECKING:
-    from engines.diarization import Diarizer
+    from engines.diarization import Turn
 
 
 class JobState(StrEnum):
@@ -378,7 +379,15 @@ class JobContext:
     store: JobStore
     models: WhisperModels
     progress: ProgressCallback
-    diarizer: Callable[[], "Diarizer"]
+    diarizer: Callable[[], "SpeakerDiarizer"]
+
+
+class SpeakerDiarizer(Protocol):
+    """``engines.diarization.Diarizer`` or, in the worker, ``DiarizationProcess``."""
+
+    def diarize(
+        self, samples: np.ndarray | bytes, speakers_expected: int | None = None
+    ) -> list["Turn"]: ...
 
 
 JobHandler = Callable[[JobContext], Awaitable[Transcript]]

@@ -52,7 +52,8 @@ from pipeline.webhooks import EventType, Notifier, WebhookDispatcher, event_data
 from protocol.transcript import Transcript
 
 if TYPE_CHECKING:
-    from engines.diarization import Diarizer
+    from engines.diarization_process import DiarizationProcess
+    from pipeline.jobs import SpeakerDiarizer
 
 log = logging.getLogger("roomscribe.worker")
 
@@ -127,18 +128,19 @@ class Worker:
         self.store = store
         self.notifier = notifier
         self.models = models or WhisperModels(settings.data_dir)
-        self._diarizer: Diarizer | None = None
+        self._diarizer: DiarizationProcess | None = None
         self._diarizer_lock = threading.Lock()
         self._tasks = TaskSet("job worker")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def diarizer(self) -> "Diarizer":
-        from engines.diarization import Diarizer, default_model_dir
+    def diarizer(self) -> "SpeakerDiarizer":
+        from engines.diarization import default_model_dir
+        from engines.diarization_process import DiarizationProcess
 
         with self._diarizer_lock:
             if self._diarizer is None:
-                self._diarizer = Diarizer(default_model_dir(self.settings.data_dir))
+                self._diarizer = DiarizationProcess(default_model_dir(self.settings.data_dir))
             return self._diarizer
 
     async def start(self) -> None:
@@ -164,6 +166,8 @@ class Worker:
     async def stop(self) -> None:
         self._stopping = True
         await self._tasks.aclose()
+        if self._diarizer is not None:
+            self._diarizer.close()
 
     async def _run(self) -> None:
         async for msg in fetch_forever(self._sub, lambda: self._stopping):
