@@ -1,28 +1,19 @@
-"""Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status."""
-
-from typing import Any
+"""Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status: each
+:class:`~protocol.errors.ServiceError` raised under a route (the API's, the bridge's) is
+answered here."""
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, ServiceError, error_body
+
+__all__ = ["ApiError", "error_body", "error_response", "install_error_handlers"]
 
 
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+class ApiError(ServiceError):
+    """A :class:`ServiceError` raised by the API's own routes."""
 
 
 def error_response(
@@ -39,8 +30,8 @@ _STATUS_CODES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
+    async def service_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -60,6 +51,6 @@ def install_error_handlers(app: FastAPI) -> None:
             400 if malformed else 422, ErrorCode.INVALID_REQUEST, message or "invalid request"
         )
 
-    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

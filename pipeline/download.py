@@ -12,13 +12,15 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from protocol.errors import ErrorCode
+
 MAX_REDIRECTS = 5
 
 
 class DownloadError(Exception):
     """``code`` is FORBIDDEN_URL, DOWNLOAD_FAILED or TOO_LARGE."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -42,7 +44,9 @@ async def check_url(url: str, allow_private: bool) -> None:
     """Raise DownloadError(FORBIDDEN_URL) for a URL that must not be fetched."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DownloadError("FORBIDDEN_URL", f"{url!r}: only http(s) URLs with a host are accepted")
+        raise DownloadError(
+            ErrorCode.FORBIDDEN_URL, f"{url!r}: only http(s) URLs with a host are accepted"
+        )
     if allow_private:
         return
     try:
@@ -52,12 +56,15 @@ async def check_url(url: str, allow_private: bool) -> None:
             type=socket.SOCK_STREAM,
         )
     except socket.gaierror as exc:
-        raise DownloadError("DOWNLOAD_FAILED", f"{parts.hostname}: cannot resolve: {exc}") from exc
+        raise DownloadError(
+            ErrorCode.DOWNLOAD_FAILED, f"{parts.hostname}: cannot resolve: {exc}"
+        ) from exc
     for info in infos:
         address = str(info[4][0])
         if not _is_public(address):
             raise DownloadError(
-                "FORBIDDEN_URL", f"{parts.hostname} resolves to non-public address {address}"
+                ErrorCode.FORBIDDEN_URL,
+                f"{parts.hostname} resolves to non-public address {address}",
             )
 
 
@@ -73,24 +80,31 @@ async def download(url: str, max_bytes: int, timeout_s: float, allow_private: bo
                         continue
                     if response.status_code != 200:
                         raise DownloadError(
-                            "DOWNLOAD_FAILED", f"GET {url} answered HTTP {response.status_code}"
+                            ErrorCode.DOWNLOAD_FAILED,
+                            f"GET {url} answered HTTP {response.status_code}",
                         )
                     declared = int(response.headers.get("content-length") or 0)
                     if declared > max_bytes:
                         raise DownloadError(
-                            "TOO_LARGE",
+                            ErrorCode.TOO_LARGE,
                             f"{url}: {declared} bytes is over the {max_bytes} byte limit",
                         )
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) > max_bytes:
-                            raise DownloadError("TOO_LARGE", f"{url}: more than {max_bytes} bytes")
+                            raise DownloadError(
+                                ErrorCode.TOO_LARGE, f"{url}: more than {max_bytes} bytes"
+                            )
                     return bytes(body)
-            raise DownloadError("DOWNLOAD_FAILED", f"{url}: more than {MAX_REDIRECTS} redirects")
+            raise DownloadError(
+                ErrorCode.DOWNLOAD_FAILED, f"{url}: more than {MAX_REDIRECTS} redirects"
+            )
     except TimeoutError as exc:
         raise DownloadError(
-            "DOWNLOAD_FAILED", f"{url}: no complete answer within {timeout_s:.0f} s"
+            ErrorCode.DOWNLOAD_FAILED, f"{url}: no complete answer within {timeout_s:.0f} s"
         ) from exc
     except httpx.HTTPError as exc:
-        raise DownloadError("DOWNLOAD_FAILED", f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise DownloadError(
+            ErrorCode.DOWNLOAD_FAILED, f"{url}: {type(exc).__name__}: {exc}"
+        ) from exc

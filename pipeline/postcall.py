@@ -25,6 +25,7 @@ from pipeline.jobs import (
     JobStore,
 )
 from pipeline.recorder import CallRecord, ParticipantRecord
+from protocol.errors import ErrorCode
 from protocol.frames import CaptionFrame
 from protocol.transcript import Segment, Speaker, Transcript
 
@@ -35,11 +36,13 @@ NEAREST_S = 1.0
 async def fetch_call(store: JobStore, call_id: str, directory: Path) -> CallRecord:
     """The handed-over call's files from the object store into ``directory``."""
     if "/" in call_id or call_id in ("", ".", ".."):
-        raise JobFailure("NOT_FOUND", f"no recorded call {call_id!r}")
+        raise JobFailure(ErrorCode.NOT_FOUND, f"no recorded call {call_id!r}")
     try:
         await store.download_call_file(call_id, "call.json", directory / "call.json")
     except JobNotFoundError:
-        raise JobFailure("NOT_FOUND", f"no recorded call {call_id!r} in the object store") from None
+        raise JobFailure(
+            ErrorCode.NOT_FOUND, f"no recorded call {call_id!r} in the object store"
+        ) from None
     call = CallRecord.load(directory)
     for name in call.files[1:]:
         try:

@@ -14,6 +14,7 @@ from engines.base import SAMPLE_RATE
 from pipeline.batch import decode, recognize, to_words
 from pipeline.jobs import JobContext, JobFailure, JobKind, JobNotFoundError
 from pipeline.postcall import fetch_call
+from protocol.errors import ErrorCode
 from protocol.transcript import Segment, Transcript
 
 PAD_S = 0.25
@@ -35,7 +36,7 @@ async def _segment_audio(
     try:
         data = await ctx.store.get_file(parent_id, "audio")
     except JobNotFoundError as exc:
-        raise JobFailure("NOT_FOUND", f"the audio of {parent_id} is gone") from exc
+        raise JobFailure(ErrorCode.NOT_FOUND, f"the audio of {parent_id} is gone") from exc
     samples = await decode(data, parent_id)
     return _cut(samples, segment.start, segment.end)
 
@@ -71,10 +72,12 @@ async def run_retranscribe(ctx: JobContext) -> Transcript:
         parent = await ctx.store.get(parent_id)
         transcript = await ctx.store.get_transcript(parent_id)
     except JobNotFoundError as exc:
-        raise JobFailure("NOT_FOUND", f"no finished transcript {parent_id!r}") from exc
+        raise JobFailure(ErrorCode.NOT_FOUND, f"no finished transcript {parent_id!r}") from exc
     index = next((i for i, s in enumerate(transcript.segments) if s.id == segment_id), None)
     if index is None:
-        raise JobFailure("NOT_FOUND", f"transcript {parent_id} has no segment {segment_id!r}")
+        raise JobFailure(
+            ErrorCode.NOT_FOUND, f"transcript {parent_id} has no segment {segment_id!r}"
+        )
     segment = transcript.segments[index]
     samples, at = await _segment_audio(ctx, parent.kind, parent_id, parent.source.call_id, segment)
     model = ctx.record.options.model or ctx.settings.postcall.model

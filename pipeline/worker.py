@@ -49,6 +49,7 @@ from pipeline.results import finish, store_results
 from pipeline.retranscribe import run_retranscribe
 from pipeline.tasks import TaskSet, cancel_and_wait
 from pipeline.webhooks import EventType, Notifier, WebhookDispatcher, event_data
+from protocol.errors import ErrorCode
 from protocol.transcript import Transcript
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ class Worker:
                 JobState.FAILED,
                 message="failed",
                 error={
-                    "code": "INTERNAL",
+                    "code": ErrorCode.INTERNAL,
                     "message": f"interrupted {msg.metadata.num_delivered - 1} times; giving up",
                 },
             )
@@ -264,7 +265,7 @@ class Worker:
             raise
         except Exception as exc:  # a bug or an engine crash must fail the job, not the worker
             log.exception("job %s crashed", record.id)
-            return await self._fail(record.id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+            return await self._fail(record.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             await cancel_and_wait(beat)
         changes = {"progress": 100, "message": "completed", "results": names}
@@ -274,7 +275,9 @@ class Worker:
         try:
             await self.store.get(parent_id)
         except JobNotFoundError as exc:
-            raise JobFailure("NOT_FOUND", f"transcript {parent_id} was deleted meanwhile") from exc
+            raise JobFailure(
+                ErrorCode.NOT_FOUND, f"transcript {parent_id} was deleted meanwhile"
+            ) from exc
         await store_results(self.store, parent_id, transcript)
 
     async def _fail(self, job_id: str, code: str, message: str) -> JobRecord:

@@ -1,4 +1,7 @@
+"""Error codes, the one HTTP error body and the one exception base that carries both."""
+
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -26,3 +29,27 @@ class ErrorCode(StrEnum):
     NO_AUDIO = "NO_AUDIO"
     UNKNOWN_MID = "UNKNOWN_MID"
     PRECONDITION_FAILED = "PRECONDITION_FAILED"
+    NO_NETWORK = "NO_NETWORK"
+    HTTP_ERROR = "HTTP_ERROR"
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The body of every HTTP error: ``{"error": {"code", "message"}}``."""
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+class ServiceError(Exception):
+    """What a client is told: an :class:`ErrorCode`, a message and the HTTP status it maps to
+    (plus headers such as ``Retry-After``). Every route answers it with :func:`error_body`."""
+
+    def __init__(
+        self, status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message)

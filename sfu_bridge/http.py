@@ -9,14 +9,18 @@ from pydantic import BaseModel, ValidationError
 
 from config.settings import BridgeSettings
 from protocol import ErrorCode
+from protocol.errors import ServiceError
 from sfu_bridge.errors import BridgeError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def error_response(error: BridgeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
+def error_response(error: ServiceError) -> JSONResponse:
+    """The one error body (``{"error": {"code", "message"}}``), as every route answers."""
+    headers = dict(error.headers or {})
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
 def check_bearer(settings: BridgeSettings, request: Request) -> None:

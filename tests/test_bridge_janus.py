@@ -58,7 +58,7 @@ async def test_bot_captions_janus_publishers_by_display_name(
         bad = await client.post(
             "/v1/janus/join", json={"url": "http://127.0.0.1:9/janus", "room": janus.room}
         )
-        assert bad.status_code == 502 and bad.json()["code"] == "PROTOCOL"
+        assert bad.status_code == 502 and bad.json()["error"]["code"] == "PROTOCOL"
         joined = await client.post("/v1/janus/join", json={"url": janus.url, "room": janus.room})
         assert joined.status_code == 200, joined.text
         session, room = joined.json()["session_id"], joined.json()["room"]
@@ -109,7 +109,7 @@ async def test_bot_captions_janus_publishers_by_display_name(
 async def test_join_janus_reports_a_missing_room(tmp_path: Path, janus: JanusServer) -> None:
     async with running_bridge(bridge_settings(tmp_path)) as (_, client, _sink):
         missing = await client.post("/v1/janus/join", json={"url": janus.url, "room": 999})
-        assert missing.status_code == 502 and "999" in missing.json()["message"]
+        assert missing.status_code == 502 and "999" in missing.json()["error"]["message"]
         assert (
             await client.post("/v1/janus/join", json={"url": "ftp://x", "room": 1})
         ).status_code == 400
