@@ -32,7 +32,7 @@ code                          close code   when
 ``MAX_DURATION_REACHED``      4002         ``limits.max_stream_s`` of audio or wall clock:
                                            sent first, then the finals and ``completed``
 (no error frame)              4003         no audio for ``limits.idle_timeout_s``:
-                                           finals, ``completed`` with reason ``idle_timeout``
+                                           finals, ``completed`` with reason ``idle``
 ``INTERNAL``                  1011         the server failed
 ============================  ===========  ==============================================
 
@@ -60,11 +60,17 @@ from fastapi import APIRouter, Request, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.admission import Admission, Lease, StreamKind
 from api.errors import ApiError
 from config.settings import Settings
 from engines.base import SAMPLE_RATE
-from pipeline.call import CallSession
+from pipeline.call import (
+    Admission,
+    CallLimits,
+    CallSession,
+    CapacityError,
+    EndReason,
+    StreamKind,
+)
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import AnyFrame, FrameSink
 from pipeline.speaker_stream import SpeakerStream
@@ -284,13 +290,15 @@ class ListenSession:
         websocket: WebSocket,
         runtime: LiveRuntime,
         tap: FrameTap,
-        lease: Lease,
+        limits: CallLimits,
         start: StartMessage,
     ) -> None:
         self.websocket = websocket
         self.runtime = runtime
         self.tap = tap
-        self.lease = lease
+        self.limits = limits
+        assert limits.max_duration_s is not None, "a listen session has a maximum duration"
+        self.max_duration_s: float = limits.max_duration_s
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.room = start.room or self.session_id
@@ -299,7 +307,7 @@ class ListenSession:
         self.connected = True
         self._tasks = TaskSet(f"listen {self.session_id}")
         self._pcm = PcmInput(start.sample_rate, start.channels)
-        self._max_samples = int(lease.max_duration_s * SAMPLE_RATE)
+        self._max_samples = int(self.max_duration_s * SAMPLE_RATE)
 
     def _route(self, frame: AnyFrame) -> None:
         if isinstance(frame, CaptionFrame):
@@ -331,21 +339,27 @@ class ListenSession:
             self.tap.detach(self.room, self.participant)
 
     async def _run_call(self) -> None:
-        call = CallSession(self.runtime, self.room)
+        call = CallSession(self.runtime, self.room, self.limits)
         await call.start()
-        stream = call.add_participant(self.participant, self.start.name, self.start.language)
+        try:
+            stream = await call.admit(
+                self.participant, self.start.name, self.start.language, StreamKind.WEBSOCKET
+            )
+        except CapacityError as exc:
+            await call.end("refused")
+            raise Refusal(ErrorCode.CAPACITY, exc.message, CLOSE_TRY_AGAIN) from None
         ready = {
             "type": "ready",
             "session_id": self.session_id,
             "job_id": call.job_id if self.runtime.handover is not None else None,
-            "max_duration_seconds": self.lease.max_duration_s,
+            "max_duration_seconds": self.limits.max_duration_s,
         }
         writer = self._tasks.spawn(self._write(json.dumps(ready)), "writer")
         ending = Ending(
             "failed", CLOSE_INTERNAL, (ErrorCode.INTERNAL, "the session failed on the server")
         )
         try:
-            ending = await self._read(stream)
+            ending = await self._read(call, stream)
         finally:
             tail = self._pcm.flush()
             if tail.size and stream.audio_seconds * SAMPLE_RATE < self._max_samples:
@@ -375,18 +389,14 @@ class ListenSession:
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.connected = False
 
-    async def _read(self, stream: SpeakerStream) -> Ending:
-        last_audio = time.monotonic()
+    async def _read(self, call: CallSession, stream: SpeakerStream) -> Ending:
         while True:
-            until = min(last_audio + self.lease.idle_timeout_s, self.lease.deadline)
             try:
-                message = await asyncio.wait_for(
-                    self.websocket.receive(), max(until - time.monotonic(), 0.0)
-                )
+                message = await asyncio.wait_for(self.websocket.receive(), call.time_left())
             except TimeoutError:
-                if time.monotonic() >= self.lease.deadline:
+                if call.expired() is EndReason.MAX_DURATION:
                     return self._max_duration("wall clock")
-                return Ending("idle_timeout", CLOSE_IDLE)
+                return Ending(EndReason.IDLE, CLOSE_IDLE)
             if message["type"] == "websocket.disconnect":
                 self.connected = False
                 return Ending("disconnected", CLOSE_NORMAL)
@@ -394,7 +404,7 @@ class ListenSession:
             if data is not None:
                 if not data:
                     continue
-                last_audio = time.monotonic()
+                call.heard()
                 samples = self._pcm.convert(data)
                 room = self._max_samples - round(stream.audio_seconds * SAMPLE_RATE)
                 if samples.size >= room:
@@ -414,7 +424,7 @@ class ListenSession:
             return _protocol_error(f"unknown message type {kind!r}; expected 'end' or audio")
 
     def _max_duration(self, what: str) -> Ending:
-        message = f"the stream reached its maximum duration of {self.lease.max_duration_s:g} s ({what}); later audio is not accepted"
+        message = f"the stream reached its maximum duration of {self.max_duration_s:g} s ({what}); later audio is not accepted"
         self.outbox.put(_error(ErrorCode.MAX_DURATION_REACHED, message))
         return Ending("max_duration", CLOSE_MAX_DURATION, (ErrorCode.MAX_DURATION_REACHED, message))
 
@@ -487,14 +497,15 @@ def listen_router(runtime: LiveRuntime, admission: Admission, settings: Settings
             message = "missing, unknown or expired api_key or token"
             await _refuse(websocket, Refusal(ErrorCode.UNAUTHORIZED, message, CLOSE_UNAUTHORIZED))
             return
-        lease = admission.try_acquire(StreamKind.WEBSOCKET)
-        if lease is None:
-            error = admission.capacity_error()
+        try:
+            admission.check(StreamKind.WEBSOCKET)
+        except CapacityError as error:
             await _refuse(websocket, Refusal(ErrorCode.CAPACITY, error.message, CLOSE_TRY_AGAIN))
             return
+        limits = CallLimits(settings.limits.idle_timeout_s, settings.limits.max_stream_s)
         try:
-            start = await read_start(websocket, lease.idle_timeout_s)
-            await ListenSession(websocket, runtime, tap, lease, start).run()
+            start = await read_start(websocket, limits.idle_timeout_s)
+            await ListenSession(websocket, runtime, tap, limits, start).run()
         except Refusal as refusal:
             await _refuse(websocket, refusal)
         except WebSocketDisconnect:
@@ -506,8 +517,6 @@ def listen_router(runtime: LiveRuntime, admission: Admission, settings: Settings
                     websocket,
                     Refusal(ErrorCode.INTERNAL, "the session failed on the server", CLOSE_INTERNAL),
                 )
-        finally:
-            admission.release(lease)
 
     @router.post("/v1/listen/token")
     async def issue_token(request: Request) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 the frame sink, admission and the hand-over of ended calls to post-call."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from config import Settings
 from engines.base import Engine
@@ -12,18 +12,8 @@ from pipeline.sink import FrameSink
 from protocol import Subjects
 
 if TYPE_CHECKING:
+    from pipeline.call.admission import Admission
     from pipeline.handover import CallHandover
-
-
-class StreamGate(Protocol):
-    """Admission control shared by every kind of live stream (see ``api.admission``)."""
-
-    def try_acquire(self, kind: str) -> Any | None: ...
-
-    def check(self, kind: str) -> None:
-        """Raise the service's 503 (with Retry-After) when no stream can start now."""
-
-    def release(self, lease: Any) -> None: ...
 
 
 class LiveRuntime:
@@ -36,7 +26,7 @@ class LiveRuntime:
         self.sink = sink
         self.subjects = Subjects(settings.nats.subject_prefix)
         self.handover: CallHandover | None = None
-        self.admission: StreamGate | None = None
+        self.admission: Admission | None = None
 
     @classmethod
     async def create(

@@ -38,11 +38,11 @@ async def running_service(
     starts the hand-over of calls, the worker and the webhook sender).
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
-    from api.admission import Admission
     from api.app import create_app
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
+    from pipeline.call import Admission
     from protocol import Subjects
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService

@@ -21,10 +21,9 @@ from pipeline.runtime import LiveRuntime
 from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
-from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, error_response, read_json
-from sfu_bridge.peer import PeerSession
+from sfu_bridge.peer import PeerSession, TrackOwner
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +164,9 @@ class JanusPeer(PeerSession):
 
     def __init__(self, bridge: Bridge, room: str) -> None:
         super().__init__(bridge, room)
-        self.streams: dict[str, Speaker] = {}
+        self.streams: dict[str, TrackOwner] = {}
 
-    def speaker_for(self, mid: str) -> Speaker | None:
+    def speaker_for(self, mid: str) -> TrackOwner | None:
         return self.streams.get(mid)
 
     async def update_streams(self, streams: list[Json]) -> None:
@@ -180,7 +179,7 @@ class JanusPeer(PeerSession):
 
     def set_streams(self, streams: list[Json]) -> None:
         self.streams = {
-            str(stream["mid"]): Speaker(str(stream["feed_id"]), stream.get("feed_display"))
+            str(stream["mid"]): TrackOwner(str(stream["feed_id"]), stream.get("feed_display"))
             for stream in streams
             if stream.get("type") == "audio"
             and stream.get("feed_id") is not None

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Request, Response
 
 from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
-from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, error_response, read_text
-from sfu_bridge.peer import PeerSession
+from sfu_bridge.peer import PeerSession, TrackOwner
 from sfu_bridge.sdp import MediaLine
 
 SDP = "application/sdp"
@@ -23,7 +22,7 @@ class WhipSession(PeerSession):
 
     kind = "whip"
 
-    def __init__(self, bridge: Bridge, room: str, speaker: Speaker) -> None:
+    def __init__(self, bridge: Bridge, room: str, speaker: TrackOwner) -> None:
         super().__init__(bridge, room)
         self.speaker = speaker
         self.etag = f'"{uuid.uuid4().hex}"'
@@ -34,7 +33,7 @@ class WhipSession(PeerSession):
             None,
         )
 
-    def speaker_for(self, mid: str) -> Speaker | None:
+    def speaker_for(self, mid: str) -> TrackOwner | None:
         return self.speaker if mid == self._audio_mid() else None
 
     def check_offer(self, lines: list[MediaLine]) -> None:
@@ -110,7 +109,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
             if bridge.runtime.admission is not None:
                 bridge.runtime.admission.check("webrtc")
             offer = await read_text(request, SDP)
-            session = WhipSession(bridge, room, Speaker(participant, name, language))
+            session = WhipSession(bridge, room, TrackOwner(participant, name, language))
             answer = await session.accept_offer(offer)
             bridge.add_peer(session)
         except BridgeError as exc:

@@ -17,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from api.admission import Admission
 from api.services import Services
+from pipeline.call import Admission
 from pipeline.runtime import LiveRuntime
 from roomscribe.service import running_service
 from tests.api_helpers import make_settings

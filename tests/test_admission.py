@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from api.admission import Admission, StreamKind
 from bench.scoring import wer
+from pipeline.call import Admission, StreamKind
 from tests.conftest import librivox_files, librivox_reference, read_wav16
 from tests.listen_helpers import (
     Session,
@@ -131,7 +131,7 @@ async def test_idle_stream_is_ended(nats_url: str, tmp_path: Path) -> None:
         silence = np.zeros(8000, "<i2").tobytes()
         session = await run_session(server.ws_url, START, [silence], within_s=20)
         assert [m["type"] for m in session.messages] == ["ready", "completed"]
-        assert session.messages[-1]["reason"] == "idle_timeout"
+        assert session.messages[-1]["reason"] == "idle"
         assert session.messages[-1]["streamed_seconds"] == 0.5
         assert session.close_code == 4003
 

@@ -64,7 +64,7 @@ async def test_bot_captions_janus_publishers_by_display_name(
         session, room = joined.json()["session_id"], joined.json()["room"]
 
         def speaking() -> set[str]:
-            call = bridge.rooms[room].call if room in bridge.rooms else None
+            call = bridge.rooms.get(room)
             return {s.name or "" for s in call.participants.values()} if call else set()
 
         await wait_until(lambda: speaking() == {"Ann", "Ben"}, 20, "the bot to hear Ann and Ben")

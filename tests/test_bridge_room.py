@@ -87,7 +87,7 @@ async def test_room_session_follows_joins_leaves_and_switches(tmp_path: Path) ->
         renegotiated = await client.post(f"/v1/sessions/{session}/offer", json={"sdp": reoffer})
         assert renegotiated.status_code == 200, renegotiated.text
         await answer(pc, renegotiated.json()["sdp"])
-        assert "bob" not in bridge.rooms["standup"].call.participants  # type: ignore[union-attr]
+        assert "bob" not in bridge.rooms["standup"].participants
         # the SFU now sends dan behind mid 0, and tells carol's name
         switch = {
             "0": {"participant": "dan", "name": "Dan"},
