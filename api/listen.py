@@ -54,8 +54,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import av
-import numpy as np
 from fastapi import APIRouter, Request, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -71,6 +69,7 @@ from pipeline.call import (
     EndReason,
     StreamKind,
 )
+from pipeline.pcm import PcmInput
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import AnyFrame, FrameSink
 from pipeline.speaker_stream import SpeakerStream
@@ -125,49 +124,6 @@ class Refusal(Exception):
 
 def _error(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
-
-
-class PcmInput:
-    """Client bytes (s16le, any rate, one or two channels, any chunking) -> 16 kHz mono int16."""
-
-    def __init__(self, sample_rate: int, channels: int) -> None:
-        self.channels = channels
-        self._frame_bytes = 2 * channels
-        self._carry = b""
-        self._sample_rate = sample_rate
-        self._resampler = (
-            av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            if sample_rate != SAMPLE_RATE
-            else None
-        )
-
-    def convert(self, data: bytes) -> np.ndarray:
-        data = self._carry + data
-        usable = len(data) - len(data) % self._frame_bytes
-        self._carry = data[usable:]
-        samples = np.frombuffer(data[:usable], "<i2")
-        if self.channels > 1:
-            # numpy mean instead of swresample's rematrix, which boosts in-phase stereo by 3 dB
-            samples = samples.reshape(-1, self.channels).mean(axis=1).round().astype(np.int16)
-        if self._resampler is None or not samples.size:
-            return samples.astype(np.int16, copy=False)
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = self._sample_rate
-        return self._collect(self._resampler.resample(frame))
-
-    def flush(self) -> np.ndarray:
-        """What the resampler still holds (a trailing partial sample is dropped)."""
-        if self._resampler is None:
-            return np.zeros(0, np.int16)
-        return self._collect(self._resampler.resample(None))
-
-    @staticmethod
-    def _collect(frames: list[av.AudioFrame]) -> np.ndarray:
-        if not frames:
-            return np.zeros(0, np.int16)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
 
 
 class FrameTap:
