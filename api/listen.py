@@ -50,7 +50,6 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,10 +70,10 @@ from pipeline.call import (
 )
 from pipeline.pcm import PcmInput
 from pipeline.runtime import LiveRuntime
-from pipeline.sink import AnyFrame, FrameSink
+from pipeline.sink import AnyFrame
 from pipeline.speaker_stream import SpeakerStream
 from pipeline.tasks import TaskSet
-from protocol import CaptionFrame, ErrorCode, ErrorFrame
+from protocol import CaptionFrame, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -124,39 +123,6 @@ class Refusal(Exception):
 
 def _error(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
-
-
-class FrameTap:
-    """Wraps the runtime's sink: every frame goes on, and a listening session also gets the
-    caption and error frames of its own (room, participant)."""
-
-    def __init__(self, inner: FrameSink) -> None:
-        self.inner = inner
-        self._routes: dict[tuple[str, str], Callable[[AnyFrame], None]] = {}
-
-    def emit(self, frame: AnyFrame) -> None:
-        self.inner.emit(frame)
-        if isinstance(frame, CaptionFrame | ErrorFrame) and frame.room and frame.participant:
-            route = self._routes.get((frame.room, frame.participant))
-            if route is not None:
-                route(frame)
-
-    def attach(self, room: str, participant: str, route: Callable[[AnyFrame], None]) -> bool:
-        if (room, participant) in self._routes:
-            return False
-        self._routes[(room, participant)] = route
-        return True
-
-    def detach(self, room: str, participant: str) -> None:
-        self._routes.pop((room, participant), None)
-
-
-def install_tap(runtime: LiveRuntime) -> FrameTap:
-    if isinstance(runtime.sink, FrameTap):
-        return runtime.sink
-    tap = FrameTap(runtime.sink)
-    runtime.sink = tap
-    return tap
 
 
 class ListenTokens:
@@ -245,13 +211,13 @@ class ListenSession:
         self,
         websocket: WebSocket,
         runtime: LiveRuntime,
-        tap: FrameTap,
+        streaming: set[tuple[str, str]],
         limits: CallLimits,
         start: StartMessage,
     ) -> None:
         self.websocket = websocket
         self.runtime = runtime
-        self.tap = tap
+        self.streaming = streaming
         self.limits = limits
         assert limits.max_duration_s is not None, "a listen session has a maximum duration"
         self.max_duration_s: float = limits.max_duration_s
@@ -265,7 +231,8 @@ class ListenSession:
         self._pcm = PcmInput(start.sample_rate, start.channels)
         self._max_samples = int(self.max_duration_s * SAMPLE_RATE)
 
-    def _route(self, frame: AnyFrame) -> None:
+    def emit(self, frame: AnyFrame) -> None:
+        """The participant's own frames (a :class:`FrameSink` for the call), for the socket."""
         if isinstance(frame, CaptionFrame):
             if frame.type == "partial" and not self.start.interim_results:
                 return
@@ -283,23 +250,28 @@ class ListenSession:
                 f"{self.runtime.engine.info.name} ({', '.join(languages)})",
                 CLOSE_UNSUPPORTED,
             )
-        if not self.tap.attach(self.room, self.participant, self._route):
+        if (self.room, self.participant) in self.streaming:
             raise Refusal(
                 ErrorCode.INVALID_CONFIG,
                 f"participant {self.participant!r} is already streaming in room {self.room!r}",
                 CLOSE_POLICY,
             )
+        self.streaming.add((self.room, self.participant))
         try:
             await self._run_call()
         finally:
-            self.tap.detach(self.room, self.participant)
+            self.streaming.discard((self.room, self.participant))
 
     async def _run_call(self) -> None:
         call = CallSession(self.runtime, self.room, self.limits)
         await call.start()
         try:
             stream = await call.admit(
-                self.participant, self.start.name, self.start.language, StreamKind.WEBSOCKET
+                self.participant,
+                self.start.name,
+                self.start.language,
+                StreamKind.WEBSOCKET,
+                frames=self,
             )
         except CapacityError as exc:
             await call.end("refused")
@@ -440,10 +412,9 @@ async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def listen_router(runtime: LiveRuntime, admission: Admission, settings: Settings) -> APIRouter:
-    """``WS /v1/listen`` and ``POST /v1/listen/token``; installs a :class:`FrameTap` on the
-    runtime's sink so sessions see their own frames."""
+    """``WS /v1/listen`` and ``POST /v1/listen/token``."""
     router = APIRouter(tags=["listen"])
-    tap = install_tap(runtime)
+    streaming: set[tuple[str, str]] = set()
     tokens = ListenTokens(settings.api.api_keys, settings.limits.listen_token_ttl_s)
 
     @router.websocket("/v1/listen")
@@ -461,7 +432,7 @@ def listen_router(runtime: LiveRuntime, admission: Admission, settings: Settings
         limits = CallLimits(settings.limits.idle_timeout_s, settings.limits.max_stream_s)
         try:
             start = await read_start(websocket, limits.idle_timeout_s)
-            await ListenSession(websocket, runtime, tap, limits, start).run()
+            await ListenSession(websocket, runtime, streaming, limits, start).run()
         except Refusal as refusal:
             await _refuse(websocket, refusal)
         except WebSocketDisconnect:

@@ -27,6 +27,7 @@ from pipeline.call.admission import Lease, StreamKind
 from pipeline.jobs import new_job_id
 from pipeline.recorder import CallRecord, CallRecorder
 from pipeline.runtime import LiveRuntime
+from pipeline.sink import FanOutSink, FrameSink
 from pipeline.speaker_stream import Participant, SpeakerStream
 from pipeline.tasks import TaskSet
 from protocol import ErrorCode, ErrorFrame, EventFrame, EventType
@@ -148,8 +149,10 @@ class CallSession:
         language: str | None = None,
         kind: StreamKind = StreamKind.WEBRTC,
         offset: float | None = None,
+        frames: FrameSink | None = None,
     ) -> SpeakerStream:
-        """A stream for the participant, under the live-stream limit.
+        """A stream for the participant, under the live-stream limit; ``frames`` also gets
+        the stream's frames (a transport answering the participant itself).
 
         Raises :class:`CapacityError` (after an error frame for the participant) when no
         stream can start, :class:`CallEndedError` once the call ends."""
@@ -172,7 +175,7 @@ class CallSession:
                 )
                 raise error
             self._leases[participant] = lease
-        return self.add_participant(participant, name, language, offset)
+        return self.add_participant(participant, name, language, offset, frames)
 
     def add_participant(
         self,
@@ -180,6 +183,7 @@ class CallSession:
         name: str | None = None,
         language: str | None = None,
         offset: float | None = None,
+        frames: FrameSink | None = None,
     ) -> SpeakerStream:
         """A new speaker stream, outside admission (files, tests), whose first sample is at
         call time ``offset`` (default: now)."""
@@ -194,7 +198,7 @@ class CallSession:
             Participant(self.room, participant, name, language),
             self.runtime.engine,
             self.runtime.scheduler,
-            self.runtime.sink,
+            self.runtime.sink if frames is None else FanOutSink(self.runtime.sink, frames),
             offset=start,
             recorder=self._recorder.track(participant, name, language, start),
             on_final=self._recorder.final,
