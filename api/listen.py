@@ -51,10 +51,10 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.errors import ApiError
@@ -74,55 +74,38 @@ from pipeline.sink import AnyFrame
 from pipeline.speaker_stream import SpeakerStream
 from pipeline.tasks import TaskSet
 from protocol import CaptionFrame, ErrorCode
+from protocol.listen import (
+    CLOSE_IDLE,
+    CLOSE_INTERNAL,
+    CLOSE_MAX_DURATION,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED,
+    ListenCompleted,
+    ListenError,
+    ListenReady,
+    ListenStart,
+)
 
 log = logging.getLogger(__name__)
 
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_MAX_DURATION = 4002
-CLOSE_IDLE = 4003
-
-ENCODINGS = ("pcm_s16le",)
 _PARTIAL_BACKLOG = 256
-
-
-class StartMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["start"]
-    language: str | None = Field(default=None, min_length=1, max_length=16)
-    sample_rate: int = Field(default=SAMPLE_RATE, ge=8000, le=192_000)
-    channels: int = Field(default=1, ge=1, le=2)
-    encoding: str = "pcm_s16le"
-    interim_results: bool = True
-    room: str | None = Field(default=None, min_length=1, max_length=256)
-    participant: str | None = Field(default=None, min_length=1, max_length=256)
-    name: str | None = Field(default=None, max_length=256)
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        if value not in ENCODINGS:
-            raise ValueError(f"unsupported encoding {value!r}; supported: {', '.join(ENCODINGS)}")
-        return value
 
 
 class Refusal(Exception):
     """Ends a session with an error frame and a close code."""
 
-    def __init__(self, code: str, message: str, close_code: int) -> None:
+    def __init__(self, code: ErrorCode, message: str, close_code: int) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.close_code = close_code
 
 
-def _error(code: str, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message})
+def _error(code: ErrorCode, message: str) -> str:
+    return ListenError(code=code, message=message).model_dump_json()
 
 
 class ListenTokens:
@@ -181,7 +164,7 @@ class ListenTokens:
 class Ending:
     reason: str
     close_code: int
-    error: tuple[str, str] | None = None
+    error: tuple[ErrorCode, str] | None = None
 
 
 class _Outbox:
@@ -213,7 +196,7 @@ class ListenSession:
         runtime: LiveRuntime,
         streaming: set[tuple[str, str]],
         limits: CallLimits,
-        start: StartMessage,
+        start: ListenStart,
     ) -> None:
         self.websocket = websocket
         self.runtime = runtime
@@ -276,13 +259,12 @@ class ListenSession:
         except CapacityError as exc:
             await call.end("refused")
             raise Refusal(ErrorCode.CAPACITY, exc.message, CLOSE_TRY_AGAIN) from None
-        ready = {
-            "type": "ready",
-            "session_id": self.session_id,
-            "job_id": call.job_id if self.runtime.handover is not None else None,
-            "max_duration_seconds": self.limits.max_duration_s,
-        }
-        writer = self._tasks.spawn(self._write(json.dumps(ready)), "writer")
+        ready = ListenReady(
+            session_id=self.session_id,
+            job_id=call.job_id if self.runtime.handover is not None else None,
+            max_duration_seconds=self.max_duration_s,
+        )
+        writer = self._tasks.spawn(self._write(ready.model_dump_json()), "writer")
         ending = Ending(
             "failed", CLOSE_INTERNAL, (ErrorCode.INTERNAL, "the session failed on the server")
         )
@@ -297,13 +279,12 @@ class ListenSession:
             if ending.error is not None and ending.error[0] != ErrorCode.MAX_DURATION_REACHED:
                 self.outbox.put(_error(*ending.error))
             elif self.connected:
-                completed = {
-                    "type": "completed",
-                    "job_id": call.job_id if call.handed_over else None,
-                    "streamed_seconds": round(streamed, 3),
-                    "reason": ending.reason,
-                }
-                self.outbox.put(json.dumps(completed))
+                completed = ListenCompleted(
+                    job_id=call.job_id if call.handed_over else None,
+                    streamed_seconds=round(streamed, 3),
+                    reason=ending.reason,
+                )
+                self.outbox.put(completed.model_dump_json())
             self.outbox.close()
             await writer
         if self.connected:
@@ -380,7 +361,7 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-async def read_start(websocket: WebSocket, timeout_s: float) -> StartMessage:
+async def read_start(websocket: WebSocket, timeout_s: float) -> ListenStart:
     try:
         message = await asyncio.wait_for(websocket.receive(), timeout_s)
     except TimeoutError:
@@ -398,7 +379,7 @@ async def read_start(websocket: WebSocket, timeout_s: float) -> StartMessage:
             ErrorCode.PROTOCOL, f"the first message must be 'start', not {kind!r}", CLOSE_POLICY
         )
     try:
-        return StartMessage.model_validate_json(text)
+        return ListenStart.model_validate_json(text)
     except ValidationError as exc:
         raise Refusal(ErrorCode.INVALID_CONFIG, _describe(exc), CLOSE_UNSUPPORTED) from None
 

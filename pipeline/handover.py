@@ -15,7 +15,8 @@ from config.settings import Settings
 from pipeline.jobs import JobRecord, JobStore
 from pipeline.postcall import submit_postcall
 from pipeline.recorder import CallRecord, recorded_calls, repair_wav
-from pipeline.webhooks import EventType, Notifier
+from pipeline.webhooks import Notifier
+from protocol.webhooks import CallEndedData, CallParticipant, WebhookEventType
 
 log = logging.getLogger("roomscribe.handover")
 
@@ -23,18 +24,18 @@ INTERRUPTED = "interrupted"
 
 
 def call_ended_data(call: CallRecord, job_id: str) -> dict[str, Any]:
-    return {
-        "call_id": call.call_id,
-        "room": call.room,
-        "started_at": call.started_at,
-        "ended_at": call.ended_at,
-        "end_reason": call.end_reason,
-        "participants": [
-            {"participant": p.participant, "name": p.name, "offset": p.offset}
+    return CallEndedData(
+        call_id=call.call_id,
+        room=call.room,
+        started_at=call.started_at,
+        ended_at=call.ended_at,
+        end_reason=call.end_reason,
+        participants=[
+            CallParticipant(participant=p.participant, name=p.name, offset=p.offset)
             for p in call.participants
         ],
-        "job_id": job_id,
-    }
+        job_id=job_id,
+    ).model_dump()
 
 
 class CallHandover:
@@ -51,7 +52,10 @@ class CallHandover:
                 await self.store.put_call_file(call.call_id, name, path)
         record = await submit_postcall(self.store, self.settings, call.call_id, job_id=call.job_id)
         await self.notifier.notify(
-            record.id, EventType.CALL_ENDED, call_ended_data(call, record.id), record.webhook_url
+            record.id,
+            WebhookEventType.CALL_ENDED,
+            call_ended_data(call, record.id),
+            record.webhook_url,
         )
         call.job_id = record.id
         call.handed_over = True

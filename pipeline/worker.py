@@ -48,9 +48,10 @@ from pipeline.pull import fetch_forever
 from pipeline.results import finish, store_results
 from pipeline.retranscribe import run_retranscribe
 from pipeline.tasks import TaskSet, cancel_and_wait
-from pipeline.webhooks import EventType, Notifier, WebhookDispatcher, event_data
+from pipeline.webhooks import Notifier, WebhookDispatcher, event_data
 from protocol.errors import ErrorCode
 from protocol.transcript import Transcript
+from protocol.webhooks import WebhookEventType
 
 if TYPE_CHECKING:
     from engines.diarization_process import DiarizationProcess
@@ -302,11 +303,11 @@ class Worker:
         url = record.webhook_url
         if record.status == JobState.FAILED:
             await self.notifier.notify(
-                record.id, EventType.TRANSCRIPT_FAILED, event_data(record), url
+                record.id, WebhookEventType.TRANSCRIPT_FAILED, event_data(record), url
             )
         elif record.kind == JobKind.BATCH:
             await self.notifier.notify(
-                record.id, EventType.TRANSCRIPT_DONE, event_data(record), url
+                record.id, WebhookEventType.TRANSCRIPT_DONE, event_data(record), url
             )
         else:
             transcript_id = record.source.parent_id or record.id
@@ -316,7 +317,7 @@ class Worker:
                 "call_id": record.source.call_id,
             }
             await self.notifier.notify(
-                record.id, EventType.TRANSCRIPT_REVISED, event_data(record, **extra), url
+                record.id, WebhookEventType.TRANSCRIPT_REVISED, event_data(record, **extra), url
             )
 
 

@@ -3,6 +3,8 @@
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel
+
 
 class ErrorCode(StrEnum):
     """Machine-readable error codes shared by frames, the REST API and the WebSocket."""
@@ -53,3 +55,14 @@ class ServiceError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.code, self.message)
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every HTTP error response (see :func:`error_body`)."""
+
+    error: ErrorDetail

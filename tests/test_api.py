@@ -18,7 +18,7 @@ import webvtt
 
 from pipeline.download import DownloadError, check_url, download
 from pipeline.jobs import JobKind
-from pipeline.webhooks import SIGNATURE_HEADER, verify
+from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import make_settings, running_api, wait_done, wer
 from tests.conftest import librivox_files, librivox_reference
 from tests.webhook_receiver import webhook_receiver

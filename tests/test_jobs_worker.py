@@ -16,8 +16,9 @@ import nats
 import numpy as np
 
 from pipeline.jobs import JobKind, JobRecord, JobSource, JobState, JobStore, new_job_id, wait_for
-from pipeline.webhooks import SIGNATURE_HEADER, Notifier, verify
+from pipeline.webhooks import Notifier
 from pipeline.worker import STALE_S, SWEEP_S
+from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import wer
 from tests.conftest import librivox_files, librivox_reference, read_wav16
 from tests.webhook_receiver import webhook_receiver

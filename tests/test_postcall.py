@@ -9,9 +9,9 @@ import numpy as np
 from pipeline.handover import CallHandover
 from pipeline.postcall import attach_live_ids
 from pipeline.recorder import CallRecorder, ParticipantRecord
-from pipeline.webhooks import SIGNATURE_HEADER, verify
 from protocol.frames import CaptionFrame, Word
 from protocol.transcript import Segment
+from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import make_settings, running_api, wait_done, wer
 from tests.conftest import librivox_files, librivox_reference, read_wav16
 from tests.webhook_receiver import webhook_receiver
