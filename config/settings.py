@@ -8,7 +8,7 @@ is read as is), then the TOML file named by ``ROOMSCRIBE_CONFIG``, then ``config
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +18,9 @@ DEFAULT_TOML = Path(__file__).with_name("default.toml")
 
 class LiveSettings(BaseModel):
     model: str = "whisper-tiny.en"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when a device is visible, else CPU"
+    )
     language: str = "en"
     decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
     partial_interval_s: float = Field(default=0.6, gt=0)
@@ -96,6 +99,9 @@ class OverlaySettings(BaseModel):
 
 class PostCallSettings(BaseModel):
     model: str = "whisper-base"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="of the post-call and batch models (see live.device)"
+    )
     run_worker: bool = True
     summarize: bool = True
     llm_base_url: str | None = None

@@ -4,6 +4,7 @@ import os
 
 from config import Settings
 from engines.base import Engine, ModelNotFoundError
+from engines.device import resolve_device
 from engines.models import resolve
 from engines.vad import VadConfig
 from engines.whisper_chunked import WhisperChunkedEngine, WhisperOptions
@@ -28,12 +29,15 @@ def load_engine(name: str, settings: Settings) -> Engine:
             max_utterance_s=live.max_utterance_s,
             vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
         )
+        device = resolve_device(live.device)
         return WhisperChunkedEngine(
             model.path,
             model.name,
             options=options,
             language=live.language,
             parallel=decode_threads(settings),
+            device=device.kind,
+            compute_type=device.compute_type,
         )
     from engines.sherpa_online import SherpaOnlineEngine
 

@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from config.settings import Settings, load_settings
+from engines.device import resolve_device
 from engines.whisper_batch import WhisperModels
 from pipeline.batch import run_batch
 from pipeline.jobs import (
@@ -129,7 +130,9 @@ class Worker:
         self.settings = settings
         self.store = store
         self.notifier = notifier
-        self.models = models or WhisperModels(settings.data_dir)
+        self.models = models or WhisperModels(
+            settings.data_dir, device=resolve_device(settings.postcall.device).kind
+        )
         self._diarizer: DiarizationProcess | None = None
         self._diarizer_lock = threading.Lock()
         self._tasks = TaskSet("job worker")
