@@ -23,7 +23,6 @@ from api.services import Services
 from api.uploads import read_upload
 from engines.ask import AskError, ask
 from engines.redaction import ALL_KINDS
-from pipeline.download import DownloadError, check_url
 from pipeline.jobs import (
     JobKind,
     JobNotFoundError,
@@ -34,6 +33,7 @@ from pipeline.jobs import (
 )
 from pipeline.postcall import submit_postcall
 from pipeline.recorder import recorded_calls
+from pipeline.url_fetch import DownloadError, check_url
 from protocol.errors import ErrorCode
 from protocol.transcript import Answer, Transcript
 

@@ -14,8 +14,8 @@ from engines.base import EngineError, ModelNotFoundError
 from engines.diarization import split_segments
 from engines.whisper_batch import BatchResult, BatchSegment
 from pipeline.audio_io import SAMPLE_RATE, AudioDecodeError, decode_file
-from pipeline.download import DownloadError, download
 from pipeline.jobs import JobContext, JobFailure, JobNotFoundError, SpeakerDiarizer
+from pipeline.url_fetch import DownloadError, download
 from protocol.errors import ErrorCode
 from protocol.frames import Word
 from protocol.transcript import Segment, Speaker, Transcript

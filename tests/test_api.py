@@ -16,8 +16,8 @@ import pytest
 import srt
 import webvtt
 
-from pipeline.download import DownloadError, check_url, download
 from pipeline.jobs import JobKind
+from pipeline.url_fetch import DownloadError, check_url, download
 from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import make_settings, running_api, wait_done, wer
 from tests.conftest import librivox_files, librivox_reference

@@ -42,7 +42,7 @@ class Speech:
 
 
 @dataclass
-class Participant:
+class ScriptedParticipant:
     participant: str
     name: str | None = None
     language: str | None = None
@@ -57,7 +57,7 @@ class TimelineTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, participant: Participant) -> None:
+    def __init__(self, participant: ScriptedParticipant) -> None:
         super().__init__()
         length = int(participant.duration() * RATE)
         self.audio = np.zeros(length, np.int16)
@@ -93,7 +93,7 @@ class RoomPublisher:
         self,
         base_url: str,
         room: str,
-        participants: list[Participant],
+        participants: list[ScriptedParticipant],
         token: str | None = None,
         timeout_s: float = 20.0,
     ) -> None:
