@@ -10,6 +10,7 @@ from api.metrics import ApiMetrics
 from config.settings import Settings
 from pipeline.jobs import JobStore
 from pipeline.loop_lag import LoopLag
+from pipeline.runtime import LiveRuntime
 from pipeline.tasks import TaskSet
 from pipeline.webhooks import Notifier, WebhookDispatcher
 
@@ -20,7 +21,7 @@ class Services:
     nc: NatsClient
     store: JobStore
     notifier: Notifier
-    runtime: Any | None = None
+    runtime: LiveRuntime | None = None
     routers: list[APIRouter] = field(default_factory=list)
     run_worker: bool = False
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
@@ -36,7 +37,7 @@ class Services:
         cls,
         settings: Settings,
         nc: NatsClient,
-        runtime: Any | None = None,
+        runtime: LiveRuntime | None = None,
         routers: list[APIRouter] | None = None,
         run_worker: bool | None = None,
     ) -> "Services":

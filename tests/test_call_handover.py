@@ -1,6 +1,7 @@
-"""Every way into a call, through the production composition (``running_service``): each call
-is handed over once, and its one post-call job runs on a ``roomscribe worker`` whose data dir
-is empty, reading the recording from the object store only."""
+"""Every way into a call (WebSocket, WHIP, room session, Janus), through the production
+composition (``running_service``): each call is handed over once, and its one post-call job
+runs on a ``roomscribe worker`` whose data dir is empty, reading the recording from the
+object store only."""
 
 import asyncio
 import json
@@ -14,6 +15,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from protocol import CaptionFrame, parse_frame
+from sfu_bridge.room_client import RoomPublisher, ScriptedParticipant, Speech
 from tests.api_helpers import make_settings, wait_done, wer
 from tests.bridge_peers import SpeechTrack, answer, client_peer, host_address, offer_for, utterance
 from tests.conftest import librivox_reference
@@ -74,6 +76,15 @@ async def whip_call(served: Served, client: httpx.AsyncClient, captions: Caption
     await pc.close()
 
 
+async def room_session_call(served: Served, captions: Captions) -> None:
+    rita = ScriptedParticipant("rita", "Rita", "en", [Speech(0.3, utterance(LONGER))])
+    publisher = RoomPublisher(served.http_url, "by-session", [rita])
+    await publisher.start()
+    await publisher.wait_played()
+    await captions.wait("by-session")
+    await publisher.end()
+
+
 async def janus_call(
     client: httpx.AsyncClient, captions: Captions, tmp_path: Path
 ) -> tuple[str, str]:
@@ -130,10 +141,16 @@ async def test_each_ingress_hands_over_one_job_run_by_a_worker_elsewhere(
                 await nc.subscribe(f"{subjects.prefix}.v1.captions.>", cb=captions.collect)
                 listen_job = await listen_call(service)
                 await whip_call(service, client, captions)
+                await room_session_call(service, captions)
                 janus_room, jan = await janus_call(client, captions, tmp_path)
 
                 calls = (await client.get("/v1/calls")).json()["data"]
-                assert {c["room"] for c in calls} == {"by-socket", "by-whip", janus_room}
+                assert {c["room"] for c in calls} == {
+                    "by-socket",
+                    "by-whip",
+                    "by-session",
+                    janus_room,
+                }
                 assert all(c["state"] == "handed_over" and c["job_id"] for c in calls), calls
                 assert {c["job_id"] for c in calls if c["room"] == "by-socket"} == {listen_job}
                 queued = await jobs_of(client)
@@ -162,7 +179,7 @@ async def test_each_ingress_hands_over_one_job_run_by_a_worker_elsewhere(
             await nc.close()
 
     assert not (empty / "calls").exists()
-    speakers = {"by-socket": "sam", "by-whip": "wes", janus_room: jan}
+    speakers = {"by-socket": "sam", "by-whip": "wes", "by-session": "rita", janus_room: jan}
     for room, body in done.items():
         assert body["status"] == "completed", (room, body, (tmp_path / "worker.log").read_text())
         segments = body["transcript"]["segments"]
@@ -173,4 +190,4 @@ async def test_each_ingress_hands_over_one_job_run_by_a_worker_elsewhere(
         assert carried and carried <= live
     for job, kinds in events_by_job(receiver).items():
         assert sorted(kinds) == ["call.ended", "transcript.revised"], (job, kinds)
-    assert len(events_by_job(receiver)) == 3
+    assert len(events_by_job(receiver)) == 4
