@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.runtime import LiveRuntime
 from pipeline.tasks import TaskSet
 from protocol import ErrorCode
+from protocol.errors import ServiceError
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, error_response, read_json
@@ -395,7 +396,7 @@ def janus_router(bridge: Bridge) -> APIRouter:
                 )
             adapter = JanusAdapter(body.url, body.room, bridge, body.display)
             await adapter.join()
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         adapters[adapter.id] = adapter
         bridge.tasks.spawn(_forget(adapters, adapter), f"janus {adapter.id}")
@@ -408,7 +409,7 @@ def janus_router(bridge: Bridge) -> APIRouter:
             adapter = adapters.pop(session_id, None)
             if adapter is None:
                 raise BridgeError(404, ErrorCode.NOT_FOUND, f"no Janus session {session_id!r}")
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         await adapter.leave()
         return Response(status_code=204)

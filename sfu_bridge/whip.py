@@ -7,6 +7,7 @@ from aiortc.sdp import candidate_from_sdp
 from fastapi import APIRouter, Request, Response
 
 from protocol import ErrorCode
+from protocol.errors import ServiceError
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, error_response, read_text
@@ -112,7 +113,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
             session = WhipSession(bridge, room, TrackOwner(participant, name, language))
             answer = await session.accept_offer(offer)
             bridge.add_peer(session)
-        except BridgeError as exc:
+        except ServiceError as exc:
             if session is not None:
                 await session.close("rejected")
             return error_response(exc)
@@ -129,7 +130,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
         try:
             check_bearer(bridge.settings, request)
             session = bridge.peer(session_id, WhipSession)
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         await bridge.close_peer(session, "left")
         return Response(status_code=200)
@@ -148,7 +149,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
                     f"If-Match {match} is not the session's ETag",
                 )
             await trickle(session, await read_text(request, SDPFRAG))
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         return Response(status_code=204)
 
