@@ -1,7 +1,9 @@
 """What the API app runs on; the ``serve`` process builds one and hands it to ``create_app``."""
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from nats.aio.client import Client as NatsClient
@@ -13,6 +15,11 @@ from pipeline.loop_lag import LoopLag
 from pipeline.runtime import LiveRuntime
 from pipeline.tasks import TaskSet
 from pipeline.webhooks import Notifier, WebhookDispatcher
+
+if TYPE_CHECKING:
+    from pipeline.handover import CallHandover
+
+log = logging.getLogger("roomscribe.services")
 
 
 @dataclass
@@ -60,8 +67,10 @@ class Services:
         if self.runtime is not None:
             from pipeline.handover import CallHandover
 
-            self.runtime.handover = CallHandover(self.store, self.notifier, self.settings)
-            await self.runtime.handover.recover()
+            handover = CallHandover(self.store, self.notifier, self.settings)
+            self.runtime.handover = handover
+            await handover.recover(self.runtime.open_calls)
+            self._tasks.spawn(self._retry_handovers(handover, self.runtime), "hand-over retries")
         if self.run_worker:
             from pipeline.worker import Worker
 
@@ -71,6 +80,14 @@ class Services:
         dispatcher = WebhookDispatcher(self.notifier, self.settings.postcall)
         await dispatcher.start()
         self._running.append(dispatcher)
+
+    async def _retry_handovers(self, handover: "CallHandover", runtime: LiveRuntime) -> None:
+        while True:
+            await asyncio.sleep(self.settings.postcall.handover_retry_s)
+            try:
+                await handover.recover(runtime.open_calls)
+            except Exception:
+                log.exception("hand-over retry failed; trying again later")
 
     def problems(self) -> list[str]:
         """What keeps the service from being healthy (empty: healthy)."""

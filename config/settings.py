@@ -126,6 +126,9 @@ class PostCallSettings(BaseModel):
         default=60.0, gt=1, description="a job not heard from this long is redelivered"
     )
     job_max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+    handover_retry_s: float = Field(
+        default=60.0, gt=0, description="how often an ended call not yet handed over is retried"
+    )
 
 
 class Settings(BaseSettings):

@@ -3,12 +3,14 @@ job and its ``call.ended`` event.
 
 Every step is idempotent (the job id is fixed when the call opens, stored files are
 overwritten, events are deduplicated by job id), so a call interrupted at any point, or a
-hand-over that failed, is handed over by :meth:`CallHandover.recover` at the next start,
-once. A call still ``live`` in ``call.json`` at start-up was interrupted by a crash: its
-recordings are repaired and it ends with reason ``interrupted``.
+hand-over that failed (NATS away), is handed over by :meth:`CallHandover.recover`, once: at
+start-up and then every ``postcall.handover_retry_s``. A call still ``live`` in ``call.json``
+that this process does not hold open was interrupted by a crash: its recordings are repaired
+and it ends with reason ``interrupted``.
 """
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from config.settings import Settings
@@ -62,11 +64,12 @@ class CallHandover:
         call.save()
         return record
 
-    async def recover(self) -> list[CallRecord]:
-        """Hand over every call a previous run of this data dir left behind."""
+    async def recover(self, open_calls: Collection[str] = ()) -> list[CallRecord]:
+        """Hand over every call of the data dir not handed over yet, except ``open_calls``
+        (live in this process)."""
         recovered = []
         for call in recorded_calls(self.settings.calls_dir):
-            if call.handed_over:
+            if call.handed_over or call.call_id in open_calls:
                 continue
             if call.ended_at is None:
                 end_interrupted(call)

@@ -27,6 +27,7 @@ class LiveRuntime:
         self.subjects = Subjects(settings.nats.subject_prefix)
         self.handover: CallHandover | None = None
         self.admission: Admission | None = None
+        self.open_calls: set[str] = set()
 
     @classmethod
     async def create(

@@ -98,6 +98,7 @@ class CallSession:
         self._started = time.monotonic()
         self._last_audio = self._started
         self._recorder = CallRecorder(runtime.calls_dir, self.call_id, room, self.job_id)
+        runtime.open_calls.add(self.call_id)
         self._record: CallRecord | None = None
         self._leases: dict[str, Lease] = {}
         self._ending = asyncio.Lock()
@@ -272,6 +273,7 @@ class CallSession:
                     self._release(participant)
             record = self._recorder.close(reason)
             self._record = record
+            self.runtime.open_calls.discard(self.call_id)
             self._move(CallState.ENDED)
             self._event(EventType.CALL_ENDED, reason=reason)
             handover = self.runtime.handover
