@@ -14,6 +14,7 @@ from collections.abc import Collection
 from typing import Any
 
 from config.settings import Settings
+from pipeline.call.session import EndReason
 from pipeline.jobs import JobRecord, JobStore
 from pipeline.postcall import submit_postcall
 from pipeline.recorder import CallRecord, recorded_calls, repair_wav
@@ -21,8 +22,6 @@ from pipeline.webhooks import Notifier
 from protocol.webhooks import CallEndedData, CallParticipant, WebhookEventType
 
 log = logging.getLogger("roomscribe.handover")
-
-INTERRUPTED = "interrupted"
 
 
 def call_ended_data(call: CallRecord, job_id: str) -> dict[str, Any]:
@@ -94,5 +93,5 @@ def end_interrupted(call: CallRecord) -> None:
             repair_wav(path)
         last = max(last, path.stat().st_mtime)
     call.ended_at = last
-    call.end_reason = INTERRUPTED
+    call.end_reason = EndReason.INTERRUPTED
     call.save()
