@@ -8,7 +8,7 @@ import numpy as np
 
 from engines.scheduler import DecodeScheduler
 from pipeline.call import CallSession
-from pipeline.jobs import JobState
+from pipeline.jobs import JobState, wait_for
 from pipeline.recorder import CallRecord
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
@@ -18,9 +18,7 @@ from tests.live_helpers import live_engine
 
 
 async def test_a_failed_handover_is_retried(nats_process: NatsProcess, tmp_path: Path) -> None:
-    settings = make_settings(
-        nats_process.url, tmp_path, postcall={"run_worker": False, "handover_retry_s": 1.0}
-    )
+    settings = make_settings(nats_process.url, tmp_path, postcall={"handover_retry_s": 1.0})
     scheduler = DecodeScheduler(1)
     await scheduler.start()
     runtime = LiveRuntime(settings, live_engine(), scheduler, CollectingSink())
@@ -39,8 +37,8 @@ async def test_a_failed_handover_is_retried(nats_process: NatsProcess, tmp_path:
             async with asyncio.timeout(60):
                 while not CallRecord.load(record.directory).handed_over:  # noqa: ASYNC110
                     await asyncio.sleep(0.2)
-            job = await services.store.get(call.job_id)
-            assert (job.status, job.source.call_id) == (JobState.QUEUED, call.call_id)
+            job = await wait_for(services.store, call.job_id, limit_s=60)
+            assert (job.status, job.source.call_id) == (JobState.COMPLETED, call.call_id)
             assert await services.store.has_call(call.call_id)
             await asyncio.sleep(1.5)  # more retry passes: the open call stays open
             assert CallRecord.load(runtime.calls_dir / still_open.call_id).state == "live"
