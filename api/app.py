@@ -1,6 +1,7 @@
 """The HTTP API: ``create_app(services)`` builds the FastAPI app (OpenAPI at /openapi.json)."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -70,11 +71,16 @@ def create_app(services: Services) -> FastAPI:
         },
     )
     async def health() -> Response:
-        connected = services.nc.is_connected
+        problems = services.problems()
+        body = {
+            "status": "degraded" if problems else "ok",
+            "nats": services.nc.is_connected,
+            "problems": problems,
+        }
         return Response(
-            content=f'{{"status": "{"ok" if connected else "degraded"}", "nats": {str(connected).lower()}}}',
+            content=json.dumps(body),
             media_type="application/json",
-            status_code=200 if connected else 503,
+            status_code=503 if problems else 200,
         )
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)

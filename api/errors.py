@@ -1,4 +1,6 @@
-"""Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status."""
+"""Every API error is JSON ``{"error": {"code", "message"}}`` with a precise status: each
+:class:`~protocol.errors.ServiceError` raised under a route (the API's, the bridge's) is
+answered here."""
 
 import re
 from http import HTTPStatus
@@ -11,40 +13,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from protocol.errors import ErrorCode
+from protocol.errors import ERROR_SCHEMA, ErrorCode, ServiceError, error_body
+
+__all__ = ["ApiError", "error_body", "error_response", "install_error_handlers"]
 
 if TYPE_CHECKING:
     from api.auth import AccessPolicy
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
-                "message": {"type": "string"},
-            },
-        }
-    },
-}
 
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+class ApiError(ServiceError):
+    """A :class:`ServiceError` raised by the API's own routes."""
 
 
 def error_response(
@@ -82,8 +60,8 @@ _STATUS_CODES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
+    async def service_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
             400 if malformed else 422, ErrorCode.INVALID_REQUEST, message or "invalid request"
         )
 
-    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
 

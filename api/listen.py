@@ -13,8 +13,8 @@ frames, see PROTOCOL.md), then ``{"type": "completed", "job_id", "streamed_secon
 "reason"}`` and closes. 8 to 192 kHz and stereo are resampled to 16 kHz mono. The session is
 one call (room = ``room`` or the session id) with one participant: its frames go to NATS
 too, its audio is recorded, and when it ends (``end``, a limit, or the client going away)
-its live finals are stored as the completed transcript job ``job_id``
-(``GET /v1/transcripts/{job_id}``).
+it is handed over like every call: ``job_id`` is its post-call job
+(``GET /v1/transcripts/{job_id}``), the one transcript of the session.
 
 Errors are ``{"type": "error", "code", "message"}`` followed by a close:
 
@@ -32,7 +32,7 @@ code                          close code   when
 ``MAX_DURATION_REACHED``      4002         ``limits.max_stream_s`` of audio or wall clock:
                                            sent first, then the finals and ``completed``
 (no error frame)              4003         no audio for ``limits.idle_timeout_s``:
-                                           finals, ``completed`` with reason ``idle_timeout``
+                                           finals, ``completed`` with reason ``idle``
 ``INTERNAL``                  1011         the server failed
 ============================  ===========  ==============================================
 
@@ -50,155 +50,63 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import av
-import numpy as np
 from fastapi import APIRouter, Request, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.admission import Admission, Lease, StreamKind
 from api.errors import ApiError, errors
 from api.metrics import ApiMetrics
 from config.settings import Settings
 from engines.base import SAMPLE_RATE
-from pipeline.call import CallSession
-from pipeline.jobs import JobKind, JobOptions, JobRecord, JobSource, JobState, JobStore, new_job_id
-from pipeline.results import store_results
+from pipeline.call import (
+    Admission,
+    CallLimits,
+    CallSession,
+    CapacityError,
+    EndReason,
+    StreamKind,
+)
+from pipeline.pcm import PcmInput
 from pipeline.runtime import LiveRuntime
-from pipeline.sink import AnyFrame, FrameSink
+from pipeline.sink import AnyFrame
 from pipeline.speaker_stream import SpeakerStream
-from pipeline.tasks import spawn
-from protocol import CaptionFrame, ErrorCode, ErrorFrame
-from protocol.transcript import Segment, Speaker, Transcript
+from pipeline.tasks import TaskSet
+from protocol import CaptionFrame, ErrorCode
+from protocol.listen import (
+    CLOSE_IDLE,
+    CLOSE_INTERNAL,
+    CLOSE_MAX_DURATION,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED,
+    ListenCompleted,
+    ListenError,
+    ListenReady,
+    ListenStart,
+)
 
 log = logging.getLogger(__name__)
 
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_MAX_DURATION = 4002
-CLOSE_IDLE = 4003
-
-ENCODINGS = ("pcm_s16le",)
 _PARTIAL_BACKLOG = 256
-
-
-class StartMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["start"]
-    language: str | None = Field(default=None, min_length=1, max_length=16)
-    sample_rate: int = Field(default=SAMPLE_RATE, ge=8000, le=192_000)
-    channels: int = Field(default=1, ge=1, le=2)
-    encoding: str = "pcm_s16le"
-    interim_results: bool = True
-    room: str | None = Field(default=None, min_length=1, max_length=256)
-    participant: str | None = Field(default=None, min_length=1, max_length=256)
-    name: str | None = Field(default=None, max_length=256)
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        if value not in ENCODINGS:
-            raise ValueError(f"unsupported encoding {value!r}; supported: {', '.join(ENCODINGS)}")
-        return value
 
 
 class Refusal(Exception):
     """Ends a session with an error frame and a close code."""
 
-    def __init__(self, code: str, message: str, close_code: int) -> None:
+    def __init__(self, code: ErrorCode, message: str, close_code: int) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.close_code = close_code
 
 
-def _error(code: str, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message})
-
-
-class PcmInput:
-    """Client bytes (s16le, any rate, one or two channels, any chunking) -> 16 kHz mono int16."""
-
-    def __init__(self, sample_rate: int, channels: int) -> None:
-        self.channels = channels
-        self._frame_bytes = 2 * channels
-        self._carry = b""
-        self._sample_rate = sample_rate
-        self._resampler = (
-            av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            if sample_rate != SAMPLE_RATE
-            else None
-        )
-
-    def convert(self, data: bytes) -> np.ndarray:
-        data = self._carry + data
-        usable = len(data) - len(data) % self._frame_bytes
-        self._carry = data[usable:]
-        samples = np.frombuffer(data[:usable], "<i2")
-        if self.channels > 1:
-            # numpy mean instead of swresample's rematrix, which boosts in-phase stereo by 3 dB
-            samples = samples.reshape(-1, self.channels).mean(axis=1).round().astype(np.int16)
-        if self._resampler is None or not samples.size:
-            return samples.astype(np.int16, copy=False)
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = self._sample_rate
-        return self._collect(self._resampler.resample(frame))
-
-    def flush(self) -> np.ndarray:
-        """What the resampler still holds (a trailing partial sample is dropped)."""
-        if self._resampler is None:
-            return np.zeros(0, np.int16)
-        return self._collect(self._resampler.resample(None))
-
-    @staticmethod
-    def _collect(frames: list[av.AudioFrame]) -> np.ndarray:
-        if not frames:
-            return np.zeros(0, np.int16)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
-
-
-class FrameTap:
-    """Wraps the runtime's sink: every frame goes on, and a listening session also gets the
-    caption and error frames of its own (room, participant)."""
-
-    def __init__(self, inner: FrameSink) -> None:
-        self.inner = inner
-        self._routes: dict[tuple[str, str], Callable[[AnyFrame], None]] = {}
-
-    def emit(self, frame: AnyFrame) -> None:
-        self.inner.emit(frame)
-        if isinstance(frame, CaptionFrame | ErrorFrame) and frame.room and frame.participant:
-            route = self._routes.get((frame.room, frame.participant))
-            if route is not None:
-                route(frame)
-
-    def attach(self, room: str, participant: str, route: Callable[[AnyFrame], None]) -> bool:
-        if (room, participant) in self._routes:
-            return False
-        self._routes[(room, participant)] = route
-        return True
-
-    def detach(self, room: str, participant: str) -> None:
-        self._routes.pop((room, participant), None)
-
-
-def install_tap(runtime: LiveRuntime) -> FrameTap:
-    if isinstance(runtime.sink, FrameTap):
-        return runtime.sink
-    tap = FrameTap(runtime.sink)
-    runtime.sink = tap
-    return tap
+def _error(code: ErrorCode, message: str) -> str:
+    return ListenError(code=code, message=message).model_dump_json()
 
 
 class ListenTokens:
@@ -257,7 +165,7 @@ class ListenTokens:
 class Ending:
     reason: str
     close_code: int
-    error: tuple[str, str] | None = None
+    error: tuple[ErrorCode, str] | None = None
 
 
 class _Outbox:
@@ -287,33 +195,30 @@ class ListenSession:
         self,
         websocket: WebSocket,
         runtime: LiveRuntime,
-        tap: FrameTap,
-        store: JobStore | None,
-        lease: Lease,
-        start: StartMessage,
+        streaming: set[tuple[str, str]],
+        limits: CallLimits,
+        start: ListenStart,
     ) -> None:
         self.websocket = websocket
         self.runtime = runtime
-        self.tap = tap
-        self.store = store
-        self.lease = lease
+        self.streaming = streaming
+        self.limits = limits
+        assert limits.max_duration_s is not None, "a listen session has a maximum duration"
+        self.max_duration_s: float = limits.max_duration_s
         self.start = start
         self.session_id = uuid.uuid4().hex
         self.room = start.room or self.session_id
         self.participant = start.participant or self.session_id
-        self.job_id = new_job_id() if store is not None else None
-        self.finals: list[CaptionFrame] = []
         self.outbox = _Outbox()
         self.connected = True
+        self._tasks = TaskSet(f"listen {self.session_id}")
         self._pcm = PcmInput(start.sample_rate, start.channels)
-        self._max_samples = int(lease.max_duration_s * SAMPLE_RATE)
+        self._max_samples = int(self.max_duration_s * SAMPLE_RATE)
 
-    def _route(self, frame: AnyFrame) -> None:
+    def emit(self, frame: AnyFrame) -> None:
+        """The participant's own frames (a :class:`FrameSink` for the call), for the socket."""
         if isinstance(frame, CaptionFrame):
-            if frame.type == "final":
-                if frame.text.strip():
-                    self.finals.append(frame)
-            elif not self.start.interim_results:
+            if frame.type == "partial" and not self.start.interim_results:
                 return
             self.outbox.put(frame.model_dump_json(), droppable=frame.type == "partial")
         else:
@@ -329,50 +234,58 @@ class ListenSession:
                 f"{self.runtime.engine.info.name} ({', '.join(languages)})",
                 CLOSE_UNSUPPORTED,
             )
-        if not self.tap.attach(self.room, self.participant, self._route):
+        if (self.room, self.participant) in self.streaming:
             raise Refusal(
                 ErrorCode.INVALID_CONFIG,
                 f"participant {self.participant!r} is already streaming in room {self.room!r}",
                 CLOSE_POLICY,
             )
+        self.streaming.add((self.room, self.participant))
         try:
             await self._run_call()
         finally:
-            self.tap.detach(self.room, self.participant)
+            self.streaming.discard((self.room, self.participant))
 
     async def _run_call(self) -> None:
-        call = CallSession(self.runtime, self.room)
+        call = CallSession(self.runtime, self.room, self.limits)
         await call.start()
-        stream = call.add_participant(self.participant, self.start.name, self.start.language)
-        ready = {
-            "type": "ready",
-            "session_id": self.session_id,
-            "job_id": self.job_id,
-            "max_duration_seconds": self.lease.max_duration_s,
-        }
-        writer = spawn(self._write(json.dumps(ready)), f"listen-writer:{self.session_id}")
+        try:
+            stream = await call.admit(
+                self.participant,
+                self.start.name,
+                self.start.language,
+                StreamKind.WEBSOCKET,
+                frames=self,
+            )
+        except CapacityError as exc:
+            await call.end("refused")
+            raise Refusal(ErrorCode.CAPACITY, exc.message, CLOSE_TRY_AGAIN) from None
+        ready = ListenReady(
+            session_id=self.session_id,
+            job_id=call.job_id if self.runtime.handover is not None else None,
+            max_duration_seconds=self.max_duration_s,
+        )
+        writer = self._tasks.spawn(self._write(ready.model_dump_json()), "writer")
         ending = Ending(
             "failed", CLOSE_INTERNAL, (ErrorCode.INTERNAL, "the session failed on the server")
         )
         try:
-            ending = await self._read(stream)
+            ending = await self._read(call, stream)
         finally:
             tail = self._pcm.flush()
             if tail.size and stream.audio_seconds * SAMPLE_RATE < self._max_samples:
                 stream.push(tail)
             streamed = stream.audio_seconds
             await call.end(ending.reason)
-            saved = await self._save(call.call_id, stream.offset + streamed)
             if ending.error is not None and ending.error[0] != ErrorCode.MAX_DURATION_REACHED:
                 self.outbox.put(_error(*ending.error))
             elif self.connected:
-                completed = {
-                    "type": "completed",
-                    "job_id": self.job_id if saved else None,
-                    "streamed_seconds": round(streamed, 3),
-                    "reason": ending.reason,
-                }
-                self.outbox.put(json.dumps(completed))
+                completed = ListenCompleted(
+                    job_id=call.job_id if call.handed_over else None,
+                    streamed_seconds=round(streamed, 3),
+                    reason=ending.reason,
+                )
+                self.outbox.put(completed.model_dump_json())
             self.outbox.close()
             await writer
         if self.connected:
@@ -386,18 +299,14 @@ class ListenSession:
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.connected = False
 
-    async def _read(self, stream: SpeakerStream) -> Ending:
-        last_audio = time.monotonic()
+    async def _read(self, call: CallSession, stream: SpeakerStream) -> Ending:
         while True:
-            until = min(last_audio + self.lease.idle_timeout_s, self.lease.deadline)
             try:
-                message = await asyncio.wait_for(
-                    self.websocket.receive(), max(until - time.monotonic(), 0.0)
-                )
+                message = await asyncio.wait_for(self.websocket.receive(), call.time_left())
             except TimeoutError:
-                if time.monotonic() >= self.lease.deadline:
+                if call.expired() is EndReason.MAX_DURATION:
                     return self._max_duration("wall clock")
-                return Ending("idle_timeout", CLOSE_IDLE)
+                return Ending(EndReason.IDLE, CLOSE_IDLE)
             if message["type"] == "websocket.disconnect":
                 self.connected = False
                 return Ending("disconnected", CLOSE_NORMAL)
@@ -405,7 +314,7 @@ class ListenSession:
             if data is not None:
                 if not data:
                     continue
-                last_audio = time.monotonic()
+                call.heard()
                 samples = self._pcm.convert(data)
                 room = self._max_samples - round(stream.audio_seconds * SAMPLE_RATE)
                 if samples.size >= room:
@@ -425,54 +334,9 @@ class ListenSession:
             return _protocol_error(f"unknown message type {kind!r}; expected 'end' or audio")
 
     def _max_duration(self, what: str) -> Ending:
-        message = f"the stream reached its maximum duration of {self.lease.max_duration_s:g} s ({what}); later audio is not accepted"
+        message = f"the stream reached its maximum duration of {self.max_duration_s:g} s ({what}); later audio is not accepted"
         self.outbox.put(_error(ErrorCode.MAX_DURATION_REACHED, message))
         return Ending("max_duration", CLOSE_MAX_DURATION, (ErrorCode.MAX_DURATION_REACHED, message))
-
-    async def _save(self, call_id: str, duration: float) -> bool:
-        if self.store is None or self.job_id is None:
-            return False
-        transcript = Transcript(
-            id=self.job_id,
-            language=self.start.language
-            or next((f.language for f in self.finals if f.language), None),
-            model=self.runtime.engine.info.name,
-            duration=round(duration, 3),
-            speakers=[Speaker(id=self.participant, name=self.start.name)],
-            segments=[
-                Segment(
-                    id=f.segment_id,
-                    speaker=f.participant,
-                    start=f.start,
-                    end=f.end,
-                    text=f.text.strip(),
-                    words=f.words,
-                    live_segment_ids=[f.segment_id],
-                )
-                for f in self.finals
-            ],
-        )
-        try:
-            results = await store_results(self.store, self.job_id, transcript)
-            now = time.time()
-            await self.store.create(
-                JobRecord(
-                    id=self.job_id,
-                    kind=JobKind.POSTCALL,
-                    status=JobState.COMPLETED,
-                    progress=100,
-                    message="live transcript of a /v1/listen session",
-                    created_at=now,
-                    updated_at=now,
-                    source=JobSource(type="call", call_id=call_id),
-                    options=JobOptions(language=self.start.language),
-                    results=results,
-                )
-            )
-        except Exception:
-            log.exception("could not store the transcript of listen session %s", self.session_id)
-            return False
-        return True
 
 
 def _message_type(text: str) -> str:
@@ -498,7 +362,7 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-async def read_start(websocket: WebSocket, timeout_s: float) -> StartMessage:
+async def read_start(websocket: WebSocket, timeout_s: float) -> ListenStart:
     try:
         message = await asyncio.wait_for(websocket.receive(), timeout_s)
     except TimeoutError:
@@ -516,7 +380,7 @@ async def read_start(websocket: WebSocket, timeout_s: float) -> StartMessage:
             ErrorCode.PROTOCOL, f"the first message must be 'start', not {kind!r}", CLOSE_POLICY
         )
     try:
-        return StartMessage.model_validate_json(text)
+        return ListenStart.model_validate_json(text)
     except ValidationError as exc:
         raise Refusal(ErrorCode.INVALID_CONFIG, _describe(exc), CLOSE_UNSUPPORTED) from None
 
@@ -532,14 +396,12 @@ async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
 def listen_router(
     runtime: LiveRuntime,
     admission: Admission,
-    store: JobStore | None,
     settings: Settings,
     metrics: ApiMetrics | None = None,
 ) -> APIRouter:
-    """``WS /v1/listen`` and ``POST /v1/listen/token``; installs a :class:`FrameTap` on the
-    runtime's sink so sessions see their own frames; refused sockets count in ``metrics``."""
+    """``WS /v1/listen`` and ``POST /v1/listen/token``; refused sockets count in ``metrics``."""
     router = APIRouter(tags=["listen"])
-    tap = install_tap(runtime)
+    streaming: set[tuple[str, str]] = set()
     tokens = ListenTokens(settings.api.api_keys, settings.limits.listen_token_ttl_s)
 
     @router.websocket("/v1/listen")
@@ -551,14 +413,15 @@ def listen_router(
             message = "missing, unknown or expired api_key or token"
             await _refuse(websocket, Refusal(ErrorCode.UNAUTHORIZED, message, CLOSE_UNAUTHORIZED))
             return
-        lease = admission.try_acquire(StreamKind.WEBSOCKET)
-        if lease is None:
-            error = admission.capacity_error()
+        try:
+            admission.check(StreamKind.WEBSOCKET)
+        except CapacityError as error:
             await _refuse(websocket, Refusal(ErrorCode.CAPACITY, error.message, CLOSE_TRY_AGAIN))
             return
+        limits = CallLimits(settings.limits.idle_timeout_s, settings.limits.max_stream_s)
         try:
-            start = await read_start(websocket, lease.idle_timeout_s)
-            await ListenSession(websocket, runtime, tap, store, lease, start).run()
+            start = await read_start(websocket, limits.idle_timeout_s)
+            await ListenSession(websocket, runtime, streaming, limits, start).run()
         except Refusal as refusal:
             await _refuse(websocket, refusal)
         except WebSocketDisconnect:
@@ -570,8 +433,6 @@ def listen_router(
                     websocket,
                     Refusal(ErrorCode.INTERNAL, "the session failed on the server", CLOSE_INTERNAL),
                 )
-        finally:
-            admission.release(lease)
 
     @router.post("/v1/listen/token", responses=errors(401, 503))
     async def issue_token(request: Request) -> dict[str, Any]:

@@ -21,7 +21,6 @@ overlays whose token has expired.
 """
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -33,7 +32,7 @@ from typing import Any
 import nats
 
 from pipeline.nats_server import EmbeddedNats
-from pipeline.tasks import spawn
+from pipeline.tasks import TaskSet, cancel_and_wait
 from protocol import Subjects
 
 SERVICE_USER = "roomscribe"
@@ -66,6 +65,7 @@ class OverlayCredentials:
         self._state_path = directory / "overlay-users.json"
         self._server: EmbeddedNats | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("overlay credentials")
         state = self._load()
         self._service_password: str = state.get("service_password") or secrets.token_urlsafe(24)
         self._users = [OverlayCredential(**u) for u in state.get("users", [])]
@@ -151,7 +151,7 @@ class OverlayCredentials:
 
     def _schedule_expiry(self) -> None:
         if self._expiry is None or self._expiry.done():
-            self._expiry = spawn(self._expire(), "overlay-credentials-expiry")
+            self._expiry = self._tasks.spawn(self._expire(), "expiry")
 
     async def _expire(self) -> None:
         while self._users and self._server is not None:
@@ -161,9 +161,7 @@ class OverlayCredentials:
 
     async def aclose(self) -> None:
         if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+            await cancel_and_wait(self._expiry)
 
 
 def _user(

@@ -1,8 +1,10 @@
 """What the API app runs on; the ``serve`` process builds one and hands it to ``create_app``."""
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from nats.aio.client import Client as NatsClient
@@ -12,7 +14,15 @@ from prometheus_client.metrics_core import Metric
 from api.metrics import ApiMetrics
 from config.settings import Settings
 from pipeline.jobs import JobStore
+from pipeline.loop_lag import LoopLag
+from pipeline.runtime import LiveRuntime
+from pipeline.tasks import TaskSet
 from pipeline.webhooks import Notifier, WebhookDispatcher
+
+if TYPE_CHECKING:
+    from pipeline.handover import CallHandover
+
+log = logging.getLogger("roomscribe.services")
 
 
 @dataclass
@@ -21,21 +31,26 @@ class Services:
     nc: NatsClient
     store: JobStore
     notifier: Notifier
-    runtime: Any | None = None
+    runtime: LiveRuntime | None = None
     routers: list[APIRouter] = field(default_factory=list)
     # path prefix -> credentials it accepts besides API keys (the bridge's bearer tokens)
     scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
     run_worker: bool = False
     publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
+    loop_lag: LoopLag = field(default_factory=LoopLag)
     _running: list[Any] = field(default_factory=list, init=False, repr=False)
+    _tasks: TaskSet = field(default_factory=lambda: TaskSet("services"), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.loop_lag.register(self.metrics.registry)
 
     @classmethod
     async def open(
         cls,
         settings: Settings,
         nc: NatsClient,
-        runtime: Any | None = None,
+        runtime: LiveRuntime | None = None,
         routers: list[APIRouter] | None = None,
         run_worker: bool | None = None,
     ) -> "Services":
@@ -52,14 +67,17 @@ class Services:
         )
 
     async def start(self) -> None:
-        """Start the in-process worker and webhook sender (if asked) and hook ended calls."""
+        """Hand ended calls over to post-call (and the calls a previous run left), start the
+        in-process worker (if asked) and the webhook sender."""
         self.metrics.scrape(self._scraped)
+        self._tasks.spawn(self.loop_lag.run(), "event-loop lag")
         if self.runtime is not None:
-            from pipeline.postcall import call_ended_hook
+            from pipeline.handover import CallHandover
 
-            self.runtime.call_ended_hooks.append(
-                call_ended_hook(self.store, self.notifier, self.settings)
-            )
+            handover = CallHandover(self.store, self.notifier, self.settings)
+            self.runtime.handover = handover
+            await handover.recover(self.runtime.open_calls)
+            self._tasks.spawn(self._retry_handovers(handover, self.runtime), "hand-over retries")
         if self.run_worker:
             from pipeline.worker import Worker
 
@@ -103,6 +121,25 @@ class Services:
         yield failures
         yield refused
 
+    async def _retry_handovers(self, handover: "CallHandover", runtime: LiveRuntime) -> None:
+        while True:
+            await asyncio.sleep(self.settings.postcall.handover_retry_s)
+            try:
+                await handover.recover(runtime.open_calls)
+            except Exception:
+                log.exception("hand-over retry failed; trying again later")
+
+    def problems(self) -> list[str]:
+        """What keeps the service from being healthy (empty: healthy)."""
+        found = [] if self.nc.is_connected else ["NATS is not connected"]
+        found += [
+            "the job worker loop has stopped"
+            for running in self._running
+            if getattr(running, "alive", True) is False
+        ]
+        return found
+
     async def stop(self) -> None:
         while self._running:
             await self._running.pop().stop()
+        await self._tasks.aclose()

@@ -25,7 +25,6 @@ from engines.ask import AskError, ask
 from engines.base import ModelNotFoundError
 from engines.models import check_caller_model
 from engines.redaction import ALL_KINDS
-from pipeline.download import DownloadError, check_url
 from pipeline.jobs import (
     JobKind,
     JobNotFoundError,
@@ -34,7 +33,9 @@ from pipeline.jobs import (
     JobSource,
     JobState,
 )
-from pipeline.postcall import calls_dir, submit_postcall
+from pipeline.postcall import submit_postcall
+from pipeline.recorder import recorded_calls
+from pipeline.url_fetch import DownloadError, check_url
 from protocol.errors import ErrorCode
 from protocol.openapi import inline_schema, json_body
 from protocol.transcript import Answer, Transcript
@@ -451,9 +452,8 @@ async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
     services = _services(request)
     settings = services.settings
     body: CallTranscribeRequest = await _json_body(request, CallTranscribeRequest, optional=True)
-    directory = calls_dir(settings) / call_id
-    if "/" in call_id or call_id in (".", "..") or not (directory / "call.json").is_file():
-        raise ApiError(404, ErrorCode.NOT_FOUND, f"no recorded call {call_id!r}")
+    if "/" in call_id or call_id in (".", "..") or not await services.store.has_call(call_id):
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no handed-over call {call_id!r}")
     await _checked_model(body.model, services)
     if body.webhook_url:
         await _checked_url(body.webhook_url, services, "webhook_url")
@@ -467,4 +467,49 @@ async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
     services.metrics.jobs_submitted.labels(JobKind.POSTCALL.value).inc()
     return JSONResponse(
         JobAccepted(id=record.id, status=record.status).model_dump(mode="json"), status_code=202
+    )
+
+
+class CallParticipantView(BaseModel):
+    participant: str
+    name: str | None
+    offset: float
+
+
+class CallView(BaseModel):
+    call_id: str
+    room: str
+    state: Literal["live", "ended", "handed_over"]
+    started_at: float
+    ended_at: float | None
+    end_reason: str | None
+    job_id: str | None = Field(description="its post-call job (GET /v1/transcripts/{job_id})")
+    participants: list[CallParticipantView]
+
+
+class CallList(BaseModel):
+    data: list[CallView]
+
+
+@router.get("/v1/calls", response_model=CallList)
+async def list_calls(request: Request) -> CallList:
+    """Calls recorded by this service, newest first, with their state."""
+    calls = await asyncio.to_thread(recorded_calls, _services(request).settings.calls_dir)
+    return CallList(
+        data=[
+            CallView(
+                call_id=call.call_id,
+                room=call.room,
+                state=call.state,
+                started_at=call.started_at,
+                ended_at=call.ended_at,
+                end_reason=call.end_reason,
+                job_id=call.job_id,
+                participants=[
+                    CallParticipantView(participant=p.participant, name=p.name, offset=p.offset)
+                    for p in call.participants
+                ],
+            )
+            for call in reversed(calls)
+        ]
     )

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 import wave
@@ -44,7 +45,7 @@ from pipeline.audio_io import SAMPLE_RATE
 from pipeline.batch import run_batch
 from pipeline.jobs import JobContext, JobKind, JobOptions, JobRecord, JobSource, JobStore
 from pipeline.postcall import run_postcall
-from pipeline.recorder import CallRecord, ParticipantRecord
+from pipeline.recorder import CallRecord, CallRecorder
 from protocol.transcript import Transcript
 
 MODEL = "whisper-base"
@@ -65,13 +66,19 @@ class _RecordingDiarizer:
 
 
 class _UploadFiles:
-    """Stands in for the job store's file half: hands the batch job its uploaded audio."""
+    """Stands in for the job store's file half: hands the batch job its uploaded audio and the
+    post-call job the recorded call's files."""
 
-    def __init__(self, audio: bytes) -> None:
+    def __init__(self, audio: bytes, calls_dir: Path | None = None) -> None:
         self.audio = audio
+        self.calls_dir = calls_dir
 
     async def get_file(self, job_id: str, name: str) -> bytes:
         return self.audio
+
+    async def download_call_file(self, call_id: str, name: str, path: Path) -> None:
+        assert self.calls_dir is not None
+        shutil.copyfile(self.calls_dir / call_id / name, path)
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:
@@ -84,21 +91,15 @@ def wav_bytes(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_call(meeting: Meeting, data_dir: Path, call_id: str) -> CallRecord:
-    directory = data_dir / "calls" / call_id
-    directory.mkdir(parents=True)
-    call = CallRecord(call_id, "bench-room", directory, time.time() - meeting.duration)
-    names = {v.participant: v.name for v in VOICES}
-    for participant, track in meeting.tracks.items():
-        name = f"{participant}.wav"
-        (directory / name).write_bytes(wav_bytes(track))
-        call.participants.append(
-            ParticipantRecord(participant, names.get(participant), None, name, 0.0)
-        )
-    call.ended_at = time.time()
-    call.end_reason = "ended"
-    call.save()
-    return call
+def write_call(meeting: Meeting, calls_dir: Path, call_id: str) -> CallRecord:
+    """The meeting recorded as the live path records a call (every track from time 0)."""
+    recorder = CallRecorder(calls_dir, call_id, "bench-room")
+    names = {voice.participant: voice.name for voice in VOICES}
+    for participant, samples in meeting.tracks.items():
+        track = recorder.track(participant, names.get(participant), None, 0.0)
+        track.write(samples)
+        track.close()
+    return recorder.close("ended")
 
 
 def _context(
@@ -111,7 +112,7 @@ def _context(
     return JobContext(
         record=record,
         settings=settings,
-        store=cast(JobStore, _UploadFiles(audio)),
+        store=cast(JobStore, _UploadFiles(audio, settings.calls_dir)),
         models=models,
         progress=lambda fraction, message: None,
         diarizer=lambda: diarizer,
@@ -198,7 +199,7 @@ async def bench_postcall(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="roomscribe-bench-") as tmp:
         local = settings.model_copy(update={"data_dir": Path(tmp)})
-        call = write_call(meeting, Path(tmp), "bench-call")
+        call = write_call(meeting, local.calls_dir, "bench-call")
         record = _record(
             JobKind.POSTCALL,
             JobSource(type="call", call_id=call.call_id),

@@ -298,8 +298,7 @@ async def _receiver(mode: str, data_dir: Path, host: str) -> Any:
     bridge = CountingBridge(runtime, bot)
 
     def call() -> Any:
-        room = bridge.rooms.get(ROOM)
-        return None if room is None else room.call
+        return bridge.rooms.get(ROOM)
 
     bot.call = call
     app = FastAPI()

@@ -8,7 +8,7 @@ is read as is), then the TOML file named by ``ROOMSCRIBE_CONFIG``, then ``config
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,9 @@ class LiveSettings(BaseModel):
     final_model: str | None = Field(
         default=None,
         description="a stronger Whisper model for live finals (two-pass); None = `model`",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when a device is visible, else CPU"
     )
     language: str = "en"
     decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
@@ -131,6 +134,9 @@ class OverlaySettings(BaseModel):
 
 class PostCallSettings(BaseModel):
     model: str = "whisper-base"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="of the post-call and batch models (see live.device)"
+    )
     run_worker: bool = True
     summarize: bool = True
     llm_base_url: str | None = None
@@ -155,6 +161,9 @@ class PostCallSettings(BaseModel):
         default=60.0, gt=1, description="a job not heard from this long is redelivered"
     )
     job_max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+    handover_retry_s: float = Field(
+        default=60.0, gt=0, description="how often an ended call not yet handed over is retried"
+    )
 
 
 class Settings(BaseSettings):
@@ -170,6 +179,11 @@ class Settings(BaseSettings):
     postcall: PostCallSettings = Field(default_factory=PostCallSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     overlay: OverlaySettings = Field(default_factory=OverlaySettings)
+
+    @property
+    def calls_dir(self) -> Path:
+        """Where this process records its calls (see ``pipeline.recorder``)."""
+        return Path(self.data_dir) / "calls"
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from config.settings import Settings
 from engines.base import EngineError
 from engines.embeddings import embed
 from engines.llm import LLMError, chat_json, llm_configured
+from protocol.errors import ErrorCode
 from protocol.transcript import Answer, Passage, Transcript
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ segment ids in segment_ids. If the passages do not contain the answer, say so.""
 
 
 class AskError(EngineError):
-    code = "INVALID_REQUEST"
+    code: ErrorCode = ErrorCode.INVALID_REQUEST
 
 
 class _Reply(BaseModel):

@@ -21,17 +21,19 @@ from typing import Literal
 
 import numpy as np
 
+from protocol.errors import ErrorCode
+
 SAMPLE_RATE = 16_000
 
 
 class EngineError(Exception):
     """Base of every engine failure; ``code`` is a protocol ErrorCode value."""
 
-    code = "ENGINE_FAILED"
+    code: str = ErrorCode.ENGINE_FAILED
 
 
 class ModelNotFoundError(EngineError):
-    code = "MODEL_NOT_FOUND"
+    code: str = ErrorCode.MODEL_NOT_FOUND
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"model {name!r} not found: {reason}")
@@ -39,7 +41,7 @@ class ModelNotFoundError(EngineError):
 
 
 class InvalidAudioError(EngineError):
-    code = "INVALID_AUDIO"
+    code: str = ErrorCode.INVALID_AUDIO
 
 
 @dataclass(frozen=True)

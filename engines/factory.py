@@ -4,6 +4,7 @@ import os
 
 from config import Settings
 from engines.base import Engine, ModelNotFoundError
+from engines.device import resolve_device
 from engines.models import resolve
 from engines.vad import VadConfig
 from engines.whisper_chunked import WhisperChunkedEngine, WhisperOptions
@@ -33,6 +34,7 @@ def load_engine(name: str, settings: Settings) -> Engine:
             raise ModelNotFoundError(
                 final.name, "live.final_model must be a Whisper model that is present"
             )
+        device = resolve_device(live.device)
         return WhisperChunkedEngine(
             model.path,
             model.name,
@@ -40,6 +42,8 @@ def load_engine(name: str, settings: Settings) -> Engine:
             language=live.language,
             parallel=decode_threads(settings),
             final_model_path=final.path if final else None,
+            device=device.kind,
+            compute_type=device.compute_type,
         )
     from engines.sherpa_online import SherpaOnlineEngine
 

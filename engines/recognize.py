@@ -1,4 +1,4 @@
-"""The async recognizer stream callers use: push audio, flush, iterate events, close."""
+"""The async recognizer stream callers use: push audio, end the input, iterate events, close."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -53,11 +53,10 @@ class RecognizeStream:
             self._stream.accept(samples)
             self._scheduler.wake()
 
-    def flush(self) -> None:
-        """End the open utterance now (its final follows)."""
-        self.end_input()
-
     def end_input(self) -> None:
+        """No more audio: the open utterance is finalized and iteration ends after its final
+        (a push after this raises). Utterances inside a stream close on the VAD's silence;
+        there is no livekit-style ``flush`` that closes one and keeps the stream open."""
         if not self._ended:
             self._ended = True
             self._stream.finish()

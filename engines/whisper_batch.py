@@ -101,7 +101,9 @@ def _covered(span: tuple[float, float], words: list[RecognizedWord]) -> bool:
 class WhisperBatch:
     """A loaded faster-whisper model. ``transcribe`` blocks: call it from a worker thread."""
 
-    def __init__(self, name: str, path: Path, threads: int = 0, workers: int = 2) -> None:
+    def __init__(
+        self, name: str, path: Path, threads: int = 0, workers: int = 2, device: str = "cpu"
+    ) -> None:
         """``workers`` calls may run at once (a post-call pass decodes speakers side by side:
         small Whisper matrices do not keep two cores busy from one call)."""
         self.name = name
@@ -109,8 +111,8 @@ class WhisperBatch:
         try:
             self._model = WhisperModel(
                 str(path),
-                device="cpu",
-                compute_type="int8",
+                device=device,
+                compute_type="int8" if device == "cpu" else "int8_float16",
                 cpu_threads=threads,
                 num_workers=workers,
             )
@@ -219,9 +221,10 @@ class WhisperBatch:
 class WhisperModels:
     """Loaded models by name, loaded once per process (loading base takes seconds)."""
 
-    def __init__(self, data_dir: Path, threads: int = 0) -> None:
+    def __init__(self, data_dir: Path, threads: int = 0, device: str = "cpu") -> None:
         self.data_dir = data_dir
         self.threads = threads
+        self.device = device
         self._loaded: dict[str, WhisperBatch] = {}
         self._lock = threading.Lock()
 
@@ -232,5 +235,7 @@ class WhisperModels:
         with self._lock:
             if name not in self._loaded:
                 resolved = resolve(name, self.data_dir)
-                self._loaded[name] = WhisperBatch(name, Path(resolved.path), self.threads)
+                self._loaded[name] = WhisperBatch(
+                    name, Path(resolved.path), self.threads, device=self.device
+                )
             return self._loaded[name]

@@ -6,7 +6,9 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from pipeline.pcm import SAMPLE_RATE, Resampler
+
+__all__ = ["SAMPLE_RATE", "AudioDecodeError", "decode_file"]
 
 
 class AudioDecodeError(Exception):
@@ -48,17 +50,16 @@ def decode_file(source: str | Path | BinaryIO, max_seconds: float | None = None)
         if not container.streams.audio:
             raise AudioDecodeError("UNSUPPORTED_FORMAT", f"{name}: contains no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler = Resampler()
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    data = out.to_ndarray().reshape(-1)
+                data = resampler.resample(frame)
+                if data.size:
                     chunks.append(data)
                     total += data.size
                 if max_seconds is not None and total > max_seconds * SAMPLE_RATE:
                     raise AudioDecodeError("TOO_LARGE", f"{name}: longer than {max_seconds:.0f} s")
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+            chunks.append(resampler.flush())
         except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
             if not chunks:
                 raise AudioDecodeError("INVALID_AUDIO", f"{name}: corrupt audio: {exc}") from exc

@@ -11,7 +11,7 @@ import av
 import numpy as np
 
 from engines.base import EngineError, ModelNotFoundError
-from engines.diarization import Diarizer, split_segments
+from engines.diarization import split_segments
 from engines.whisper_batch import BatchResult, BatchSegment
 from pipeline.audio_io import (
     SAMPLE_RATE,
@@ -20,8 +20,8 @@ from pipeline.audio_io import (
     ogg_ends_cleanly,
     wav_header_seconds,
 )
-from pipeline.download import DownloadError, download
-from pipeline.jobs import JobContext, JobFailure, JobNotFoundError
+from pipeline.jobs import JobContext, JobFailure, JobNotFoundError, SpeakerDiarizer
+from pipeline.url_fetch import DownloadError, download
 from protocol.errors import ErrorCode
 from protocol.frames import Word
 from protocol.transcript import Segment, Speaker, SpeechSpan, Transcript
@@ -161,7 +161,7 @@ def to_words(segment: BatchSegment) -> list[Word]:
     ]
 
 
-async def _diarizer(ctx: JobContext) -> Diarizer:
+async def _diarizer(ctx: JobContext) -> SpeakerDiarizer:
     try:
         return await asyncio.to_thread(ctx.diarizer)
     except ModelNotFoundError as exc:

@@ -5,7 +5,10 @@
   submission is dropped by the server;
 * records: KV bucket ``<base>_jobs``, key = job id, updated with compare-and-set;
 * audio and results: object store ``<base>_files``, names ``<job id>/<file>``, so writing a
-  result twice (a redelivered job) overwrites rather than duplicates.
+  result twice (a redelivered job) overwrites rather than duplicates;
+* call recordings: the same object store, names ``calls/<call id>/<file>`` (``call.json``,
+  ``finals.jsonl`` and one WAV per participant), put there when the call is handed over, so
+  a worker on any machine can run its post-call job.
 
 ``<base>`` is the subject prefix with dots turned into underscores (``roomscribe``).
 """
@@ -13,60 +16,52 @@
 import asyncio
 import contextlib
 import json
-import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import nats.js.errors
+import numpy as np
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from pydantic import BaseModel, ConfigDict, Field
 
 from config.settings import Settings
 from engines.whisper_batch import WhisperModels
-from pipeline.js_read import kv_keys, object_names, read_object
+from pipeline.js_read import copy_object, kv_keys, object_names, read_object
+from protocol.jobs import (
+    IllegalTransitionError,
+    JobError,
+    JobKind,
+    JobOptions,
+    JobRecord,
+    JobSource,
+    JobState,
+    new_job_id,
+)
+from protocol.subjects import Subjects
 from protocol.transcript import Transcript
 
+__all__ = [
+    "IllegalTransitionError",
+    "JobContext",
+    "JobError",
+    "JobFailure",
+    "JobKind",
+    "JobNotFoundError",
+    "JobOptions",
+    "JobRecord",
+    "JobSource",
+    "JobState",
+    "JobStore",
+    "bucket_base",
+    "new_job_id",
+    "wait_for",
+]
+
 if TYPE_CHECKING:
-    from engines.diarization import Diarizer
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED)
-
-
-_ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.PROCESSING, JobState.FAILED}),
-    # processing -> processing: progress updates and a redelivered job restarting
-    JobState.PROCESSING: frozenset({JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED}),
-    JobState.COMPLETED: frozenset(),
-    JobState.FAILED: frozenset(),
-}
-
-
-class JobKind(StrEnum):
-    BATCH = "batch"
-    POSTCALL = "postcall"
-    RETRANSCRIBE = "retranscribe"
-
-
-class IllegalTransitionError(Exception):
-    def __init__(self, job_id: str, current: JobState, target: JobState) -> None:
-        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
-        self.job_id = job_id
-        self.current = current
-        self.target = target
+    from engines.diarization import Turn
 
 
 class JobNotFoundError(Exception):
@@ -82,84 +77,6 @@ class JobFailure(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class JobOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    language: str | None = None
-    model: str | None = None
-    diarize: bool = False
-    speakers_expected: int | None = Field(default=None, ge=1, le=32)
-    redact_pii: bool | list[str] = False
-    summarize: bool = False
-    beam_size: int | None = Field(default=None, ge=1, le=16)
-    allow_truncated: bool = False
-
-
-class JobSource(BaseModel):
-    type: Literal["upload", "url", "call", "segment"]
-    url: str | None = None
-    filename: str | None = None
-    size: int | None = None
-    call_id: str | None = None
-    parent_id: str | None = None
-    segment_id: str | None = None
-
-
-class JobRecord(BaseModel):
-    id: str
-    kind: JobKind
-    status: JobState = JobState.QUEUED
-    progress: int = Field(default=0, ge=0, le=100)
-    message: str = "queued"
-    created_at: float
-    updated_at: float
-    source: JobSource
-    options: JobOptions = Field(default_factory=JobOptions)
-    webhook_url: str | None = None
-    error: JobError | None = None
-    attempts: int = 0
-    results: list[str] = Field(default_factory=list, description="stored result files")
-
-    @classmethod
-    def queued(
-        cls,
-        kind: JobKind,
-        source: JobSource,
-        options: JobOptions,
-        webhook_url: str | None = None,
-    ) -> "JobRecord":
-        """A new job, stamped now, with an id that sorts by creation time."""
-        now = time.time()
-        return cls(
-            id=new_job_id(now),
-            kind=kind,
-            created_at=now,
-            updated_at=now,
-            source=source,
-            options=options,
-            webhook_url=webhook_url,
-        )
-
-    def transition(self, target: JobState, **changes: Any) -> "JobRecord":
-        """A copy in state ``target``; raises IllegalTransitionError if the machine forbids it."""
-        if target not in _ALLOWED[self.status]:
-            raise IllegalTransitionError(self.id, self.status, target)
-        return JobRecord.model_validate(
-            {**self.model_dump(), **changes, "status": target, "updated_at": time.time()}
-        )
-
-
-def new_job_id(now: float | None = None) -> str:
-    """Ids sort by creation time: ``tr_`` + 12 hex digits of milliseconds + 8 random."""
-    millis = int((time.time() if now is None else now) * 1000)
-    return f"tr_{millis:012x}{os.urandom(4).hex()}"
 
 
 def bucket_base(prefix: str) -> str:
@@ -187,7 +104,7 @@ class JobStore:
         stream = f"{base.upper()}_JOBS"
         config = StreamConfig(
             name=stream,
-            subjects=[f"{prefix}.v1.jobs.>"],
+            subjects=[Subjects(prefix).jobs],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=600.0,
@@ -205,10 +122,10 @@ class JobStore:
 
     @property
     def work_subjects(self) -> str:
-        return f"{self.prefix}.v1.jobs.>"
+        return Subjects(self.prefix).jobs
 
     def work_subject(self, kind: JobKind) -> str:
-        return f"{self.prefix}.v1.jobs.{kind.value}"
+        return Subjects(self.prefix).job(kind.value)
 
     async def submit(self, record: JobRecord, audio: bytes | BinaryIO | None = None) -> JobRecord:
         """Store the audio and the record, then queue the job (in that order); idempotent."""
@@ -248,7 +165,10 @@ class JobStore:
     async def modify(self, job_id: str, change: Callable[[JobRecord], JobRecord]) -> JobRecord:
         while True:
             entry = await self._entry(job_id)
-            updated = change(JobRecord.model_validate_json(entry.value))
+            current = JobRecord.model_validate_json(entry.value)
+            updated = change(current)
+            if updated is current:
+                return current
             try:
                 await self._kv.update(
                     job_id, updated.model_dump_json().encode(), last=entry.revision
@@ -275,6 +195,14 @@ class JobStore:
         more = bool(page) and any(key < page[-1].id for key in ordered)
         return page, page[-1].id if more else None
 
+    async def all(self) -> list[JobRecord]:
+        """Every record (for sweeps; the API pages with :meth:`page`)."""
+        records = []
+        for key in await kv_keys(self.js, self._kv_bucket):
+            with contextlib.suppress(JobNotFoundError):
+                records.append(await self.get(key))
+        return records
+
     async def delete(self, job_id: str) -> None:
         """Remove the record, its audio and every result."""
         await self._entry(job_id)
@@ -287,6 +215,26 @@ class JobStore:
 
     async def put_file(self, job_id: str, name: str, data: bytes | BinaryIO) -> None:
         await self._files.put(f"{job_id}/{name}", data)
+
+    async def put_call_file(self, call_id: str, name: str, path: Path) -> None:
+        with open(path, "rb") as data:  # noqa: ASYNC230 - the store reads it in a thread
+            await self._files.put(f"calls/{call_id}/{name}", data)
+
+    async def download_call_file(self, call_id: str, name: str, path: Path) -> None:
+        """Write one recorded file of the call to ``path``; raises JobNotFoundError."""
+        try:
+            info = await self._files.get_info(f"calls/{call_id}/{name}")
+        except nats.js.errors.NotFoundError as exc:
+            raise JobNotFoundError(f"calls/{call_id}/{name}") from exc
+        with open(path, "wb") as out:  # noqa: ASYNC230 - chunks arrive one direct get at a time
+            await copy_object(self.js, self._files_bucket, info, out)
+
+    async def has_call(self, call_id: str) -> bool:
+        try:
+            info = await self._files.get_info(f"calls/{call_id}/call.json")
+        except nats.js.errors.NotFoundError:
+            return False
+        return not info.deleted
 
     async def get_file(self, job_id: str, name: str) -> bytes:
         try:
@@ -335,7 +283,15 @@ class JobContext:
     store: JobStore
     models: WhisperModels
     progress: ProgressCallback
-    diarizer: Callable[[], "Diarizer"]
+    diarizer: Callable[[], "SpeakerDiarizer"]
+
+
+class SpeakerDiarizer(Protocol):
+    """``engines.diarization.Diarizer`` or, in the worker, ``DiarizationProcess``."""
+
+    def diarize(
+        self, samples: np.ndarray | bytes, speakers_expected: int | None = None
+    ) -> list["Turn"]: ...
 
 
 JobHandler = Callable[[JobContext], Awaitable[Transcript]]

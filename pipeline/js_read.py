@@ -9,7 +9,8 @@ Subject listing returns at most the server's page (100,000 subjects).
 
 import base64
 import hashlib
-from typing import Any
+import io
+from typing import Any, BinaryIO
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -44,17 +45,28 @@ async def object_names(js: JetStreamContext, bucket: str) -> list[str]:
 async def read_object(js: JetStreamContext, bucket: str, info: Any) -> bytes:
     """The bytes of an object (``info`` from ``ObjectStore.get_info``), chunk by chunk with
     direct gets; raises ``nats.js.errors.Error`` when a chunk is missing or the digest differs."""
+    data = io.BytesIO()
+    await copy_object(js, bucket, info, data)
+    return data.getvalue()
+
+
+async def copy_object(js: JetStreamContext, bucket: str, info: Any, out: BinaryIO) -> None:
+    """Write an object into ``out`` chunk by chunk (direct gets, no consumer); raises
+    ``nats.js.errors.Error`` when a chunk is missing or the size or digest differs."""
     if not info.size:
-        return b""
+        return
     subject = f"$O.{bucket}.C.{info.nuid}"
     stream = f"OBJ_{bucket}"
-    data = bytearray()
+    sha = hashlib.sha256()
+    size = 0
     seq = 1
     for _ in range(info.chunks or 0):
         msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        data += msg.data or b""
+        chunk = msg.data or b""
+        sha.update(chunk)
+        size += len(chunk)
+        out.write(chunk)
         seq = (msg.seq or seq) + 1
     digest = base64.urlsafe_b64decode(info.digest.split("=", 1)[1] + "==")
-    if len(data) != info.size or hashlib.sha256(data).digest() != digest:
+    if size != info.size or sha.digest() != digest:
         raise nats.js.errors.DigestMismatchError
-    return bytes(data)

@@ -7,7 +7,8 @@ overlaps most, which keeps segment ids unique.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from config.settings import Settings
@@ -17,13 +18,14 @@ from pipeline.jobs import (
     JobContext,
     JobFailure,
     JobKind,
+    JobNotFoundError,
     JobOptions,
     JobRecord,
     JobSource,
     JobStore,
 )
 from pipeline.recorder import CallRecord, ParticipantRecord
-from pipeline.webhooks import EventType, Notifier
+from protocol.errors import ErrorCode
 from protocol.frames import CaptionFrame
 from protocol.transcript import Segment, Speaker, SpeechSpan, Transcript
 
@@ -31,15 +33,23 @@ _Piece = tuple[ParticipantRecord, Segment]
 NEAREST_S = 1.0
 
 
-def calls_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "calls"
-
-
-def load_call(settings: Settings, call_id: str) -> CallRecord:
-    directory = calls_dir(settings) / call_id
-    if "/" in call_id or call_id in ("", ".", "..") or not (directory / "call.json").is_file():
-        raise JobFailure("NOT_FOUND", f"no recorded call {call_id!r} under {calls_dir(settings)}")
-    return CallRecord.load(directory)
+async def fetch_call(store: JobStore, call_id: str, directory: Path) -> CallRecord:
+    """The handed-over call's files from the object store into ``directory``."""
+    if "/" in call_id or call_id in ("", ".", ".."):
+        raise JobFailure(ErrorCode.NOT_FOUND, f"no recorded call {call_id!r}")
+    try:
+        await store.download_call_file(call_id, "call.json", directory / "call.json")
+    except JobNotFoundError:
+        raise JobFailure(
+            ErrorCode.NOT_FOUND, f"no recorded call {call_id!r} in the object store"
+        ) from None
+    call = CallRecord.load(directory)
+    for name in call.files[1:]:
+        try:
+            await store.download_call_file(call_id, name, directory / name)
+        except JobNotFoundError:
+            (directory / name).unlink(missing_ok=True)  # a participant without a sample
+    return call
 
 
 def _overlap(a_start: float, a_end: float, b_start: float, b_end: float) -> float:
@@ -71,7 +81,12 @@ def attach_live_ids(pieces: list[_Piece], finals: list[CaptionFrame]) -> dict[in
 
 
 async def run_postcall(ctx: JobContext) -> Transcript:
-    call = load_call(ctx.settings, ctx.record.source.call_id or "")
+    with tempfile.TemporaryDirectory(prefix="roomscribe-call-") as directory:
+        call = await fetch_call(ctx.store, ctx.record.source.call_id or "", Path(directory))
+        return await _repass(ctx, call)
+
+
+async def _repass(ctx: JobContext, call: CallRecord) -> Transcript:
     model = ctx.record.options.model or ctx.settings.postcall.model
     count = max(len(call.participants), 1)
     done = [0.0] * count
@@ -163,7 +178,10 @@ async def submit_postcall(
     call_id: str,
     options: JobOptions | None = None,
     webhook_url: str | None = None,
+    job_id: str | None = None,
 ) -> JobRecord:
+    """Queue a post-call job of a handed-over call (``job_id``: the call's own, fixed when
+    it opened, so a repeated hand-over queues nothing new)."""
     chosen = options or JobOptions(
         summarize=settings.postcall.summarize, redact_pii=settings.postcall.redact_pii
     )
@@ -173,32 +191,6 @@ async def submit_postcall(
         chosen,
         webhook_url or settings.postcall.webhook_url,
     )
+    if job_id is not None:
+        record = record.model_copy(update={"id": job_id})
     return await store.submit(record)
-
-
-def call_ended_hook(
-    store: JobStore, notifier: Notifier, settings: Settings
-) -> Callable[[CallRecord], Awaitable[None]]:
-    """For ``LiveRuntime.call_ended_hooks``: queue the re-pass and send ``call.ended``."""
-
-    async def on_call_ended(call: CallRecord) -> None:
-        record = await submit_postcall(store, settings, call.call_id)
-        await notifier.notify(
-            record.id,
-            EventType.CALL_ENDED,
-            {
-                "call_id": call.call_id,
-                "room": call.room,
-                "started_at": call.started_at,
-                "ended_at": call.ended_at,
-                "end_reason": call.end_reason,
-                "participants": [
-                    {"participant": p.participant, "name": p.name, "offset": p.offset}
-                    for p in call.participants
-                ],
-                "job_id": record.id,
-            },
-            record.webhook_url,
-        )
-
-    return on_call_ended

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 
 from config.settings import NatsSettings
 from pipeline.sink import AnyFrame
-from pipeline.tasks import spawn
+from pipeline.tasks import TaskSet, cancel_and_wait
 from protocol import CaptionFrame, ErrorFrame, EventFrame, Subjects
 from protocol.subjects import InvalidIdError
 
@@ -134,16 +134,6 @@ class PublisherStats:
     connected: bool
 
 
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-
-
 class NatsPublisher:
     """A :class:`~pipeline.sink.FrameSink` that publishes on NATS (see the module doc).
 
@@ -171,6 +161,7 @@ class NatsPublisher:
         self.drain_timeout = drain_timeout
         self._outbox = Outbox(outbox_limit)
         self._nc: Client | None = None
+        self._tasks = TaskSet(f"nats publisher {client_name}")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
@@ -211,7 +202,7 @@ class NatsPublisher:
     async def start(self) -> None:
         """Starts connecting in the background; frames emitted meanwhile wait in the outbox."""
         if self._task is None:
-            self._task = spawn(self._run(), name=f"nats-publisher:{self.client_name}")
+            self._task = self._tasks.spawn(self._run(), "connection")
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -369,7 +360,7 @@ class NatsPublisher:
                         log.warning(
                             "NATS publisher closed with %d frames undelivered", len(self._outbox)
                         )
-                        await _cancel_and_wait(task)
+                        await cancel_and_wait(task)
         finally:
             nc, self._nc = self._nc, None
             if nc is not None and not nc.is_closed:

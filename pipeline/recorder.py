@@ -2,12 +2,16 @@
 
 Layout under ``<data_dir>/calls/<call_id>/``:
 
-* ``call.json``: call id, room, start/end time, end reason and participants (id, name,
-  language, file, offset = seconds since call start of the participant's first sample);
-  rewritten atomically whenever it changes.
+* ``call.json``: call id, room, the id of its post-call job, start/end time, end reason,
+  whether it was handed over (recording in the object store, job queued) and participants
+  (id, name, language, file, offset = seconds since call start of the participant's first
+  sample); rewritten atomically whenever it changes.
 * ``<encoded participant>[-<n>].wav``: 16 kHz mono s16 WAV; the header is patched at every
   flush so the file is valid even if the process dies mid-call.
 * ``finals.jsonl``: every live final caption frame, one JSON object a line.
+
+A call whose ``ended_at`` is still null after a restart was interrupted: :func:`repair_wav`
+makes its files whole again (the header counts the samples up to the last flush).
 """
 
 import json
@@ -16,7 +20,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -85,6 +89,16 @@ class TrackRecorder:
             self._file.close()
 
 
+def repair_wav(path: Path) -> float:
+    """Patch the header of a WAV cut short by a crash to the samples on disk; seconds kept."""
+    size = path.stat().st_size
+    data = max(size - _HEADER, 0) // 2 * 2
+    with open(path, "r+b") as file:
+        file.write(_wav_header(data))
+        file.truncate(_HEADER + data)
+    return data / 2 / SAMPLE_RATE
+
+
 @dataclass
 class ParticipantRecord:
     participant: str
@@ -100,9 +114,24 @@ class CallRecord:
     room: str
     directory: Path
     started_at: float
+    job_id: str | None = None
     ended_at: float | None = None
     end_reason: str | None = None
+    handed_over: bool = False
     participants: list[ParticipantRecord] = field(default_factory=list)
+
+    @property
+    def state(self) -> Literal["live", "ended", "handed_over"]:
+        """``live`` (no end yet: running, or interrupted if this process did not start it),
+        ``ended`` (not yet handed over) or ``handed_over``."""
+        if self.ended_at is None:
+            return "live"
+        return "handed_over" if self.handed_over else "ended"
+
+    @property
+    def files(self) -> list[str]:
+        """The call's files, as named in its directory and in the object store."""
+        return ["call.json", "finals.jsonl", *(p.file for p in self.participants)]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -142,10 +171,10 @@ class CallRecord:
 class CallRecorder:
     """Owns one call's directory: call.json, per-participant WAVs and finals.jsonl."""
 
-    def __init__(self, calls_dir: Path, call_id: str, room: str) -> None:
+    def __init__(self, calls_dir: Path, call_id: str, room: str, job_id: str | None = None) -> None:
         directory = calls_dir / call_id
         directory.mkdir(parents=True, exist_ok=True)
-        self.record = CallRecord(call_id, room, directory, time.time())
+        self.record = CallRecord(call_id, room, directory, time.time(), job_id=job_id)
         self.record.save()
         self._finals = open(directory / "finals.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
@@ -182,3 +211,14 @@ class CallRecorder:
         if not self._finals.closed:
             self._finals.close()
         return self.record
+
+
+def recorded_calls(calls_dir: Path) -> list[CallRecord]:
+    """Every call recorded under ``calls_dir``, oldest first (unreadable ones skipped)."""
+    found = []
+    for path in calls_dir.glob("*/call.json") if calls_dir.is_dir() else ():
+        try:
+            found.append(CallRecord.load(path.parent))
+        except (ValueError, TypeError, KeyError, OSError):
+            continue
+    return sorted(found, key=lambda call: call.started_at)

@@ -5,12 +5,16 @@ recording for a post-call job. The segment keeps its id; the result is the whole
 transcript with that one segment replaced.
 """
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
 from engines.base import SAMPLE_RATE
 from pipeline.batch import decode, recognize, to_words
 from pipeline.jobs import JobContext, JobFailure, JobKind, JobNotFoundError
-from pipeline.postcall import load_call
+from pipeline.postcall import fetch_call
+from protocol.errors import ErrorCode
 from protocol.transcript import Segment, Transcript
 
 PAD_S = 0.25
@@ -27,31 +31,38 @@ async def _segment_audio(
 ) -> tuple[np.ndarray, float]:
     """The segment's audio and the time (in transcript seconds) of its first sample."""
     if kind == JobKind.POSTCALL and call_id:
-        call = load_call(ctx.settings, call_id)
-        for participant in call.participants:
-            path = call.audio_path(participant)
-            if (
-                participant.participant != segment.speaker
-                or not path.is_file()
-                or participant.offset > segment.start
-            ):
-                continue
-            samples = await decode(path, path.name)
-            if participant.offset + samples.size / SAMPLE_RATE < segment.end - PAD_S:
-                continue
-            piece, at = _cut(
-                samples, segment.start - participant.offset, segment.end - participant.offset
-            )
-            return piece, participant.offset + at
-        raise JobFailure(
-            "NOT_FOUND", f"no recording of {segment.speaker!r} covers segment {segment.id}"
-        )
+        with tempfile.TemporaryDirectory(prefix="roomscribe-call-") as directory:
+            return await _speaker_audio(ctx, call_id, Path(directory), segment)
     try:
         data = await ctx.store.get_file(parent_id, "audio")
     except JobNotFoundError as exc:
-        raise JobFailure("NOT_FOUND", f"the audio of {parent_id} is gone") from exc
+        raise JobFailure(ErrorCode.NOT_FOUND, f"the audio of {parent_id} is gone") from exc
     samples = await decode(data, parent_id)
     return _cut(samples, segment.start, segment.end)
+
+
+async def _speaker_audio(
+    ctx: JobContext, call_id: str, directory: Path, segment: Segment
+) -> tuple[np.ndarray, float]:
+    call = await fetch_call(ctx.store, call_id, directory)
+    for participant in call.participants:
+        path = call.audio_path(participant)
+        if (
+            participant.participant != segment.speaker
+            or not path.is_file()
+            or participant.offset > segment.start
+        ):
+            continue
+        samples = await decode(path, path.name)
+        if participant.offset + samples.size / SAMPLE_RATE < segment.end - PAD_S:
+            continue
+        piece, at = _cut(
+            samples, segment.start - participant.offset, segment.end - participant.offset
+        )
+        return piece, participant.offset + at
+    raise JobFailure(
+        "NOT_FOUND", f"no recording of {segment.speaker!r} covers segment {segment.id}"
+    )
 
 
 async def run_retranscribe(ctx: JobContext) -> Transcript:
@@ -61,10 +72,12 @@ async def run_retranscribe(ctx: JobContext) -> Transcript:
         parent = await ctx.store.get(parent_id)
         transcript = await ctx.store.get_transcript(parent_id)
     except JobNotFoundError as exc:
-        raise JobFailure("NOT_FOUND", f"no finished transcript {parent_id!r}") from exc
+        raise JobFailure(ErrorCode.NOT_FOUND, f"no finished transcript {parent_id!r}") from exc
     index = next((i for i, s in enumerate(transcript.segments) if s.id == segment_id), None)
     if index is None:
-        raise JobFailure("NOT_FOUND", f"transcript {parent_id} has no segment {segment_id!r}")
+        raise JobFailure(
+            ErrorCode.NOT_FOUND, f"transcript {parent_id} has no segment {segment_id!r}"
+        )
     segment = transcript.segments[index]
     samples, at = await _segment_audio(ctx, parent.kind, parent_id, parent.source.call_id, segment)
     model = ctx.record.options.model or ctx.settings.postcall.model

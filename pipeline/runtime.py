@@ -1,30 +1,19 @@
 """What every call in the process shares: settings, the live engine, the decode scheduler,
-the frame sink and the hooks run when a call ends."""
+the frame sink, admission and the hand-over of ended calls to post-call."""
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from config import Settings
 from engines.base import Engine
 from engines.factory import decode_threads, load_engine
 from engines.scheduler import DecodeScheduler
-from pipeline.recorder import CallRecord
 from pipeline.sink import FrameSink
 from protocol import Subjects
 
-CallEndedHook = Callable[[CallRecord], Awaitable[None]]
-
-
-class StreamGate(Protocol):
-    """Admission control shared by every kind of live stream (see ``api.admission``)."""
-
-    def try_acquire(self, kind: str) -> Any | None: ...
-
-    def check(self, kind: str) -> None:
-        """Raise the service's 503 (with Retry-After) when no stream can start now."""
-
-    def release(self, lease: Any) -> None: ...
+if TYPE_CHECKING:
+    from pipeline.call.admission import Admission
+    from pipeline.handover import CallHandover
 
 
 class LiveRuntime:
@@ -36,8 +25,9 @@ class LiveRuntime:
         self.scheduler = scheduler
         self.sink = sink
         self.subjects = Subjects(settings.nats.subject_prefix)
-        self.call_ended_hooks: list[CallEndedHook] = []
-        self.admission: StreamGate | None = None
+        self.handover: CallHandover | None = None
+        self.admission: Admission | None = None
+        self.open_calls: set[str] = set()
 
     @classmethod
     async def create(
@@ -49,7 +39,7 @@ class LiveRuntime:
 
     @property
     def calls_dir(self) -> Path:
-        return self.settings.data_dir / "calls"
+        return self.settings.calls_dir
 
     async def aclose(self) -> None:
         await self.scheduler.stop()

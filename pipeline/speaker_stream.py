@@ -13,7 +13,7 @@ from engines.recognize import RecognizeStream
 from engines.scheduler import DecodeScheduler
 from pipeline.recorder import TrackRecorder
 from pipeline.sink import FrameSink
-from pipeline.tasks import spawn
+from pipeline.tasks import TaskSet
 from protocol import CaptionFrame, ErrorCode, ErrorFrame, Word
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class SpeakerStream:
         self.skipped_seconds = 0.0
         self.frames_emitted = 0
         self._closed = False
-        self._task = spawn(self._consume(), f"speaker:{who.room}/{who.participant}")
+        self._tasks = TaskSet(f"speaker {who.room}/{who.participant}")
+        self._task = self._tasks.spawn(self._consume(), "consume")
 
     @property
     def audio_seconds(self) -> float:

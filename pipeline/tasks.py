@@ -1,4 +1,6 @@
-"""Every background task is created here: named, referenced until done, failures logged."""
+"""Background tasks with an owner: each :class:`TaskSet` names its tasks, keeps a reference
+until they finish, logs their failures and cancels what is left when its owner closes.
+Cancellation is re-raised, never swallowed, when it is aimed at the waiting task itself."""
 
 import asyncio
 import logging
@@ -6,18 +8,49 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 log = logging.getLogger("roomscribe.tasks")
+
 T = TypeVar("T")
-_running: set[asyncio.Task[Any]] = set()
 
 
-def spawn(coro: Coroutine[Any, Any, T], name: str) -> "asyncio.Task[T]":
-    task = asyncio.get_running_loop().create_task(coro, name=name)
-    _running.add(task)
-    task.add_done_callback(_finished)
-    return task
+class TaskSet:
+    """Owns the tasks it starts until they finish; :meth:`aclose` cancels what is left."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.owner}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("task %s failed", task.get_name(), exc_info=error)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        current = asyncio.current_task()
+        pending = [task for task in self._tasks if task is not current]
+        for task in pending:
+            await cancel_and_wait(task)
 
 
-def _finished(task: "asyncio.Task[Any]") -> None:
-    _running.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it; its failure was logged by its owner."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # noqa: S110 - logged by the TaskSet that spawned it
+        pass

@@ -12,16 +12,13 @@ survives a restart at any point.
 NATS subject of the events: ``<prefix>.v1.jobevents.<job id>`` (body = the webhook body).
 """
 
-import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import random
 import time
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import nats.errors
@@ -36,69 +33,26 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from pydantic import BaseModel, Field
 
 from config.settings import PostCallSettings
-from pipeline.download import DownloadError, guarded_client
 from pipeline.jobs import bucket_base, open_kv
 from pipeline.js_read import kv_keys
 from pipeline.pull import fetch_forever
-from pipeline.tasks import spawn
+from pipeline.tasks import TaskSet
+from pipeline.url_fetch import DownloadError, guarded_client
+from protocol.subjects import Subjects
+from protocol.webhooks import (
+    SIGNATURE_HEADER,
+    Delivery,
+    DeliveryAttempt,
+    WebhookEvent,
+    WebhookEventType,
+    sign,
+)
 
 log = logging.getLogger("roomscribe.webhooks")
 
-SIGNATURE_HEADER = "X-Roomscribe-Signature"
 _MAX_MSGS_PER_SUBJECT = 10077  # "maximum messages per subject exceeded"
-
-
-class EventType(StrEnum):
-    TRANSCRIPT_DONE = "transcript.done"
-    TRANSCRIPT_FAILED = "transcript.failed"
-    TRANSCRIPT_REVISED = "transcript.revised"
-    CALL_ENDED = "call.ended"
-
-
-class WebhookEvent(BaseModel):
-    id: str
-    type: EventType
-    created_at: float
-    data: dict[str, Any]
-
-
-class DeliveryAttempt(BaseModel):
-    at: float
-    status_code: int | None = None
-    error: str | None = None
-    forbidden: bool = Field(default=False, description="the guard refused the URL")
-
-
-class Delivery(BaseModel):
-    key: str
-    job_id: str
-    event: WebhookEvent
-    url: str | None
-    status: Literal["pending", "delivered", "failed", "no_url"]
-    attempts: list[DeliveryAttempt] = Field(default_factory=list)
-
-
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """The signature header value: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-def verify(
-    secret: str, body: bytes, header: str, tolerance_s: float = 300.0, now: float | None = None
-) -> bool:
-    """True when ``header`` signs ``body`` with ``secret`` and its time is within tolerance."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(secret, body, timestamp), header)
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
@@ -106,11 +60,11 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
     return random.uniform(0.0, min(cap_s, base_s * 2**attempt))
 
 
-def event_id(job_id: str, event: EventType) -> str:
+def event_id(job_id: str, event: WebhookEventType) -> str:
     return "evt_" + hashlib.sha256(f"{job_id}/{event.value}".encode()).hexdigest()[:24]
 
 
-def delivery_key(job_id: str, event: EventType) -> str:
+def delivery_key(job_id: str, event: WebhookEventType) -> str:
     return f"{job_id}.{event.value}"
 
 
@@ -122,7 +76,8 @@ class Notifier:
         self.js = nc.jetstream()
         self.prefix = prefix
         self.stream = f"{bucket_base(prefix).upper()}_WEBHOOKS"
-        self.deliver_subjects = f"{prefix}.v1.webhooks.deliver.>"
+        self.subjects = Subjects(prefix)
+        self.deliver_subjects = self.subjects.webhook_deliveries
         self.bucket = f"{bucket_base(prefix)}_webhooks"
         self.kv = kv
 
@@ -136,7 +91,7 @@ class Notifier:
             await js.add_stream(
                 StreamConfig(
                     name=notifier.stream,
-                    subjects=[f"{prefix}.v1.webhooks.>"],
+                    subjects=[Subjects(prefix).webhooks],
                     retention=RetentionPolicy.WORK_QUEUE,
                     storage=StorageType.FILE,
                     max_msgs_per_subject=1,
@@ -147,10 +102,10 @@ class Notifier:
         return notifier
 
     def events_subject(self, job_id: str) -> str:
-        return f"{self.prefix}.v1.jobevents.{job_id}"
+        return self.subjects.job_events(job_id)
 
     async def notify(
-        self, job_id: str, event: EventType, data: dict[str, Any], url: str | None
+        self, job_id: str, event: WebhookEventType, data: dict[str, Any], url: str | None
     ) -> bool:
         """Publish the event and queue its webhook; False when it was already sent."""
         body = WebhookEvent(
@@ -173,7 +128,7 @@ class Notifier:
         """Queue one delivery; a no-op while a message for it is already queued."""
         try:
             await self.js.publish(
-                f"{self.prefix}.v1.webhooks.deliver.{key}", key.encode(), stream=self.stream
+                self.subjects.webhook_delivery(key), key.encode(), stream=self.stream
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code != _MAX_MSGS_PER_SUBJECT:
@@ -209,7 +164,7 @@ class WebhookDispatcher:
         self.notifier = notifier
         self.settings = settings
         self.allow_private = allow_private
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("webhook dispatcher")
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
         self._trusted: httpx.AsyncClient | None = None
@@ -231,15 +186,11 @@ class WebhookDispatcher:
                 max_deliver=-1,
             ),
         )
-        self._task = spawn(self._run(), name="webhook-dispatcher")
+        self._tasks.spawn(self._run(), "deliveries")
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._tasks.aclose()
         for client in (self._client, self._trusted):
             if client is not None:
                 await client.aclose()

@@ -3,9 +3,13 @@
 Delivery is at least once; a job completes once. A worker that dies mid-job leaves its
 message unacknowledged, JetStream redelivers it after ``job_ack_wait_s`` and the next worker
 starts the job again (``processing`` -> ``processing``, ``attempts`` + 1). While a job runs
-the worker sends in-progress acks, so a long job is never redelivered early. Results are
-object-store names keyed by job id (a rerun overwrites them) and events are deduplicated by
-(job id, event), so a redelivered job that had already finished only re-acknowledges.
+the worker sends in-progress acks and touches the record every few seconds, so a long job is
+never redelivered early; a ``processing`` record untouched for ``STALE_S`` belonged to a
+worker that died, and any worker's sweep moves it back to ``queued`` ("retrying") until the
+redelivery. Results are object-store names keyed by job id (a rerun overwrites them), the
+final transition keeps a record that is already final (a duplicate run) and events are
+deduplicated by (job id, event), so a redelivered job that had already finished only
+re-acknowledges. One job's failure never ends the loop; :attr:`Worker.alive` says it runs.
 
 Run ``python -m pipeline.worker`` (settings from the environment, ``NATS_URL`` required).
 """
@@ -17,9 +21,10 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -27,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from config.settings import Settings, load_settings
+from engines.device import resolve_device
 from engines.whisper_batch import WhisperModels
 from pipeline.batch import run_batch
 from pipeline.jobs import (
@@ -43,14 +49,21 @@ from pipeline.postcall import run_postcall
 from pipeline.pull import fetch_forever
 from pipeline.results import finish, store_results
 from pipeline.retranscribe import run_retranscribe
-from pipeline.tasks import spawn
-from pipeline.webhooks import EventType, Notifier, WebhookDispatcher, event_data
+from pipeline.tasks import TaskSet, cancel_and_wait
+from pipeline.webhooks import Notifier, WebhookDispatcher, event_data
+from protocol.errors import ErrorCode
 from protocol.transcript import Transcript
+from protocol.webhooks import WebhookEventType
 
 if TYPE_CHECKING:
-    from engines.diarization import Diarizer
+    from engines.diarization_process import DiarizationProcess
+    from pipeline.jobs import SpeakerDiarizer
 
 log = logging.getLogger("roomscribe.worker")
+
+TOUCH_S = 3.0
+STALE_S = 15.0
+SWEEP_S = 5.0
 
 HANDLERS: dict[JobKind, JobHandler] = {
     JobKind.BATCH: run_batch,
@@ -76,9 +89,33 @@ class _Progress:
 
 
 def _with_progress(progress: tuple[int, str], record: JobRecord) -> JobRecord:
+    """The running job's progress, stamped now (a swept record goes back to processing)."""
+    if record.status == JobState.QUEUED:
+        record = record.transition(JobState.PROCESSING)
     if record.status != JobState.PROCESSING:
         return record
-    return record.model_copy(update={"progress": progress[0], "message": progress[1]})
+    return record.model_copy(
+        update={"progress": progress[0], "message": progress[1], "updated_at": time.time()}
+    )
+
+
+def _finished(target: JobState, changes: Mapping[str, Any], record: JobRecord) -> JobRecord:
+    """The final transition; a record already final (another run of the job) stays as it is."""
+    if record.status.terminal:
+        log.info("job %s was already %s; keeping that", record.id, record.status)
+        return record
+    if record.status == JobState.QUEUED:
+        record = record.transition(JobState.PROCESSING)
+    return record.transition(target, **changes)
+
+
+def _retrying(now: float, record: JobRecord) -> JobRecord:
+    if record.status != JobState.PROCESSING or now - record.updated_at < STALE_S:
+        return record
+    return record.transition(
+        JobState.QUEUED,
+        message=f"retrying: attempt {record.attempts} was interrupted",
+    )
 
 
 class Worker:
@@ -94,19 +131,23 @@ class Worker:
         self.settings = settings
         self.store = store
         self.notifier = notifier
-        self.models = models or WhisperModels(settings.data_dir)
-        self._diarizer: Diarizer | None = None
+        self.models = models or WhisperModels(
+            settings.data_dir, device=resolve_device(settings.postcall.device).kind
+        )
+        self._diarizer: DiarizationProcess | None = None
         self._diarizer_lock = threading.Lock()
+        self._tasks = TaskSet("job worker")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.failures: collections.Counter[str] = collections.Counter()  # by error code
 
-    def diarizer(self) -> "Diarizer":
-        from engines.diarization import Diarizer, default_model_dir
+    def diarizer(self) -> "SpeakerDiarizer":
+        from engines.diarization import default_model_dir
+        from engines.diarization_process import DiarizationProcess
 
         with self._diarizer_lock:
             if self._diarizer is None:
-                self._diarizer = Diarizer(default_model_dir(self.settings.data_dir))
+                self._diarizer = DiarizationProcess(default_model_dir(self.settings.data_dir))
             return self._diarizer
 
     async def start(self) -> None:
@@ -121,15 +162,19 @@ class Worker:
                 max_ack_pending=1000,
             ),
         )
-        self._task = spawn(self._run(), name="job-worker")
+        self._task = self._tasks.spawn(self._run(), "jobs")
+        self._tasks.spawn(self._sweep(), "stale-job sweep")
+
+    @property
+    def alive(self) -> bool:
+        """The job loop runs (it ends only through :meth:`stop` or a bug in the loop itself)."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._tasks.aclose()
+        if self._diarizer is not None:
+            self._diarizer.close()
 
     async def _run(self) -> None:
         async for msg in fetch_forever(self._sub, lambda: self._stopping):
@@ -145,6 +190,22 @@ class Worker:
                     msg.data,
                     exc_info=True,
                 )
+            except Exception:
+                log.exception("job message %s failed; it will be redelivered", msg.data)
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=self.settings.postcall.job_ack_wait_s)
+
+    async def _sweep(self) -> None:
+        """Marks jobs whose worker died (record untouched for STALE_S) as retrying."""
+        while True:
+            try:
+                for record in await self.store.all():
+                    if record.status == JobState.PROCESSING:
+                        with contextlib.suppress(JobNotFoundError):
+                            await self.store.modify(record.id, partial(_retrying, time.time()))
+            except nats.errors.Error:
+                log.warning("stale-job sweep failed", exc_info=True)
+            await asyncio.sleep(SWEEP_S)
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -168,7 +229,7 @@ class Worker:
                 JobState.FAILED,
                 message="failed",
                 error={
-                    "code": "INTERNAL",
+                    "code": ErrorCode.INTERNAL,
                     "message": f"interrupted {msg.metadata.num_delivered - 1} times; giving up",
                 },
             )
@@ -193,7 +254,9 @@ class Worker:
 
     async def _execute(self, record: JobRecord, msg: Msg) -> JobRecord:
         progress = _Progress()
-        beat = spawn(self._heartbeat(record.id, msg, progress), name=f"job-heartbeat-{record.id}")
+        beat = self._tasks.spawn(
+            self._heartbeat(record.id, msg, progress), f"heartbeat {record.id}"
+        )
         ctx = JobContext(record, self.settings, self.store, self.models, progress, self.diarizer)
         try:
             transcript = await HANDLERS[record.kind](ctx)
@@ -208,38 +271,36 @@ class Worker:
             raise
         except Exception as exc:  # a bug or an engine crash must fail the job, not the worker
             log.exception("job %s crashed", record.id)
-            return await self._fail(record.id, "INTERNAL", f"{type(exc).__name__}: {exc}")
+            return await self._fail(record.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-        return await self.store.transition(
-            record.id, JobState.COMPLETED, progress=100, message="completed", results=names
-        )
+            await cancel_and_wait(beat)
+        changes = {"progress": 100, "message": "completed", "results": names}
+        return await self.store.modify(record.id, partial(_finished, JobState.COMPLETED, changes))
 
     async def _revise_parent(self, parent_id: str, transcript: Transcript) -> None:
         try:
             await self.store.get(parent_id)
         except JobNotFoundError as exc:
-            raise JobFailure("NOT_FOUND", f"transcript {parent_id} was deleted meanwhile") from exc
+            raise JobFailure(
+                ErrorCode.NOT_FOUND, f"transcript {parent_id} was deleted meanwhile"
+            ) from exc
         await store_results(self.store, parent_id, transcript)
 
     async def _fail(self, job_id: str, code: str, message: str) -> JobRecord:
         self.failures[code] += 1
-        return await self.store.transition(
-            job_id, JobState.FAILED, message="failed", error={"code": code, "message": message}
-        )
+        changes = {"message": "failed", "error": {"code": code, "message": message}}
+        return await self.store.modify(job_id, partial(_finished, JobState.FAILED, changes))
 
     async def _heartbeat(self, job_id: str, msg: Msg, progress: _Progress) -> None:
         interval = min(self.settings.postcall.job_ack_wait_s / 4, 1.0)
-        written = (0, "starting")
+        written, written_at = (0, "starting"), time.monotonic()
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
             current = progress.get()
-            if current != written:
-                written = current
+            if current != written or time.monotonic() - written_at >= TOUCH_S:
+                written, written_at = current, time.monotonic()
                 with contextlib.suppress(JobNotFoundError, nats.errors.Error):
                     await self.store.modify(job_id, partial(_with_progress, current))
 
@@ -248,11 +309,11 @@ class Worker:
         url = record.webhook_url
         if record.status == JobState.FAILED:
             await self.notifier.notify(
-                record.id, EventType.TRANSCRIPT_FAILED, event_data(record), url
+                record.id, WebhookEventType.TRANSCRIPT_FAILED, event_data(record), url
             )
         elif record.kind == JobKind.BATCH:
             await self.notifier.notify(
-                record.id, EventType.TRANSCRIPT_DONE, event_data(record), url
+                record.id, WebhookEventType.TRANSCRIPT_DONE, event_data(record), url
             )
         else:
             transcript_id = record.source.parent_id or record.id
@@ -262,7 +323,7 @@ class Worker:
                 "call_id": record.source.call_id,
             }
             await self.notifier.notify(
-                record.id, EventType.TRANSCRIPT_REVISED, event_data(record, **extra), url
+                record.id, WebhookEventType.TRANSCRIPT_REVISED, event_data(record, **extra), url
             )
 
 

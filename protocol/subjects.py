@@ -83,6 +83,31 @@ class Subjects:
     def invite(self) -> str:
         return f"{self.prefix}.v1.invite"
 
+    @property
+    def jobs(self) -> str:
+        """Every job of the work-queue stream ``<BASE>_JOBS``."""
+        return f"{self.prefix}.v1.jobs.>"
+
+    def job(self, kind: str) -> str:
+        """Where a job of ``kind`` is queued (body ``{"id": <job id>}``)."""
+        return f"{self.prefix}.v1.jobs.{kind}"
+
+    def job_events(self, job_id: str) -> str:
+        """A job's webhook events (body = the webhook body)."""
+        return f"{self.prefix}.v1.jobevents.{job_id}"
+
+    @property
+    def webhooks(self) -> str:
+        """Every subject of the webhook delivery stream ``<BASE>_WEBHOOKS``."""
+        return f"{self.prefix}.v1.webhooks.>"
+
+    @property
+    def webhook_deliveries(self) -> str:
+        return f"{self.prefix}.v1.webhooks.deliver.>"
+
+    def webhook_delivery(self, key: str) -> str:
+        return f"{self.prefix}.v1.webhooks.deliver.{key}"
+
     def session(self, session_id: str, verb: str) -> str:
         return f"{self.prefix}.v1.sessions.{encode_token(session_id, 'session')}.{verb}"
 

@@ -31,9 +31,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_schema(args: argparse.Namespace) -> None:
-    from protocol import frame_schemas
+    from protocol.schema import wire_schemas
 
-    print(json.dumps(frame_schemas(), indent=2))
+    print(json.dumps(wire_schemas(), indent=2))
 
 
 def _cmd_live(args: argparse.Namespace) -> None:

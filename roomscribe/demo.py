@@ -28,7 +28,7 @@ from protocol import CaptionFrame, EventFrame, Subjects, parse_frame
 from sfu_bridge.errors import BridgeError
 
 if TYPE_CHECKING:
-    from sfu_bridge.publisher import Participant
+    from sfu_bridge.room_client import ScriptedParticipant
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 PACKAGE = "pocketsphinx-testdata"
@@ -114,9 +114,9 @@ class CaptionPrinter:
             self.call_id = frame.call_id
 
 
-def demo_participants() -> list["Participant"]:
+def demo_participants() -> list["ScriptedParticipant"]:
     """Alice, Bob and Carol with the packaged LibriVox speech on the demo script's timeline."""
-    from sfu_bridge.publisher import Participant, Speech
+    from sfu_bridge.room_client import ScriptedParticipant, Speech
 
     if not LIBRIVOX.is_dir():
         raise DemoError(
@@ -132,9 +132,9 @@ def demo_participants() -> list["Participant"]:
             f"the demo speech is not in {LIBRIVOX}: install the Debian package {PACKAGE} "
             f"(apt-get install {PACKAGE})",
         )
-    people: dict[str, Participant] = {}
+    people: dict[str, ScriptedParticipant] = {}
     for participant, name, utt, at in SCRIPT:
-        person = people.setdefault(participant, Participant(participant, name, "en"))
+        person = people.setdefault(participant, ScriptedParticipant(participant, name, "en"))
         person.speech.append(Speech(at, decode_file(files[utt])))
     espeak = shutil.which("espeak-ng")
     if espeak is not None:
@@ -160,7 +160,7 @@ class _QuietServer(uvicorn.Server):
 async def local_service(settings: Settings) -> AsyncIterator[tuple[str, str, Settings]]:
     """The whole service in this process on a free port: (base URL, NATS URL, settings)."""
     from roomscribe.service import running_service
-    from sfu_bridge.publisher import host_address
+    from sfu_bridge.room_client import host_address
 
     if not settings.bridge.host_addresses:
         bridge = settings.bridge.model_copy(update={"host_addresses": [host_address()]})
@@ -256,7 +256,7 @@ async def _nats_error(exc: Exception) -> None:
 
 
 async def run_call(
-    participants: list["Participant"],
+    participants: list["ScriptedParticipant"],
     base_url: str,
     nats_url: str,
     settings: Settings,
@@ -265,7 +265,7 @@ async def run_call(
     bridge_token: str | None = None,
     job_timeout_s: float = 300.0,
 ) -> list[Path]:
-    from sfu_bridge.publisher import RoomPublisher
+    from sfu_bridge.room_client import RoomPublisher
 
     subjects = Subjects(settings.nats.subject_prefix)
     printer = CaptionPrinter(out)
@@ -317,7 +317,7 @@ async def run_call(
 
 async def run_demo(
     settings: Settings,
-    participants: list["Participant"],
+    participants: list["ScriptedParticipant"],
     url: str | None = None,
     nats_url: str | None = None,
 ) -> list[Path]:
@@ -336,7 +336,7 @@ async def run_demo(
 
 async def _run_demo(
     settings: Settings,
-    participants: list["Participant"],
+    participants: list["ScriptedParticipant"],
     url: str | None,
     nats_url: str | None,
 ) -> list[Path]:

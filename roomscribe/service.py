@@ -11,7 +11,9 @@ import nats
 import uvicorn
 from fastapi import FastAPI
 
+from api.services import Services
 from config import Settings
+from engines.base import Engine
 from pipeline.nats_server import EmbeddedNats, ensure_nats
 from pipeline.publisher import NatsPublisher
 from pipeline.runtime import LiveRuntime
@@ -24,18 +26,23 @@ class Running:
     settings: Settings
     app: FastAPI
     runtime: LiveRuntime
+    services: Services
     embedded: EmbeddedNats | None
 
 
 @asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[Running]:
-    """Everything `serve` runs, started in order and stopped in reverse."""
-    from api.admission import Admission
+async def running_service(
+    settings: Settings, engine: Engine | None = None
+) -> AsyncIterator[Running]:
+    """Everything `serve` runs, started in order and stopped in reverse (the app's lifespan
+    starts the hand-over of calls, the worker and the webhook sender).
+
+    ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
-    from api.services import Services
+    from pipeline.call import Admission
     from protocol import Subjects
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService
@@ -64,7 +71,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         publisher = NatsPublisher.from_settings(url, settings.nats)
         await publisher.start()
         stack.push_async_callback(publisher.close)
-        runtime = await LiveRuntime.create(settings, publisher)
+        runtime = await LiveRuntime.create(settings, publisher, engine)
         stack.push_async_callback(runtime.aclose)
         nc = await nats.connect(url, max_reconnect_attempts=-1, name="roomscribe-service")
         stack.push_async_callback(nc.close)
@@ -81,10 +88,10 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         runtime.admission = admission
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [
-            listen_router(runtime, admission, services.store, settings, services.metrics),
+            listen_router(runtime, admission, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
         ]
-        yield Running(settings, create_app(services), runtime, embedded)
+        yield Running(settings, create_app(services), runtime, services, embedded)
 
 
 class _Server(uvicorn.Server):
@@ -130,12 +137,17 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def join_janus(settings: Settings, url: str, room: int) -> None:
+    """One Janus room without the HTTP API: ended calls are handed over to post-call like
+    under ``serve`` (and run here when ``postcall.run_worker``)."""
     from sfu_bridge import janus
 
     url_nats, embedded = await ensure_nats(settings)
     publisher = NatsPublisher.from_settings(url_nats, settings.nats)
     await publisher.start()
     runtime = await LiveRuntime.create(settings, publisher)
+    nc = await nats.connect(url_nats, max_reconnect_attempts=-1, name="roomscribe-janus")
+    services = await Services.open(settings, nc, runtime=runtime)
+    await services.start()
     try:
         session = await janus.join_janus(url, room, runtime)
         stop = asyncio.Event()
@@ -150,6 +162,8 @@ async def join_janus(settings: Settings, url: str, room: int) -> None:
             waiter.cancel()
         await session.leave()
     finally:
+        await services.stop()
+        await nc.close()
         await runtime.aclose()
         await publisher.close()
         if embedded is not None:

@@ -2,29 +2,50 @@
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from config.settings import BridgeSettings
+from pipeline.call import CallEndedError, CallLimits, CallSession, CallState, CapacityError
 from pipeline.runtime import LiveRuntime
+from pipeline.speaker_stream import SpeakerStream
+from pipeline.tasks import TaskSet
 from protocol import ErrorCode
-from sfu_bridge.call_room import CallRoom, CallState
 from sfu_bridge.errors import BridgeError
-from sfu_bridge.peer import PeerSession
-from sfu_bridge.tasks import TaskSet
+from sfu_bridge.peer import PeerSession, TrackOwner
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ParticipantTarget:
+    """One participant's speaker stream in a call, as a track feed's target."""
+
+    call: CallSession
+    owner: TrackOwner
+    stream: SpeakerStream
+
+    def push(self, pcm: np.ndarray, at: float) -> None:
+        self.stream.push(pcm, at=at)
+
+    async def close(self, reason: str) -> None:
+        if self.call.participants.get(self.owner.participant) is self.stream:
+            await self.call.remove_participant(self.owner.participant, reason)
 
 
 class Bridge:
     """Owns the peer sessions (WHIP, room sessions, SFU adapters) and one call per room.
 
-    A room's call ends when its last peer session closes, or by itself when idle; an idle end
-    closes the room's peer sessions too (the bot leaves).
+    A room's call starts with its first track and ends when its last peer session closes, or
+    by itself when idle (``bridge.idle_timeout_s``); an idle end closes the room's peer
+    sessions too (the bot leaves).
     """
 
     def __init__(self, runtime: LiveRuntime) -> None:
         self.runtime = runtime
         self.settings: BridgeSettings = runtime.settings.bridge
-        self.rooms: dict[str, CallRoom] = {}
+        self.rooms: dict[str, CallSession] = {}
         self.peers: dict[str, PeerSession] = {}
         self.tasks = TaskSet("bridge")
         self.peer_closed_hooks: list[Callable[[PeerSession], Awaitable[None]]] = []
@@ -35,17 +56,30 @@ class Bridge:
         """What a bridge route accepts: its own bearer tokens and every API key."""
         return [*self.settings.bearer_tokens, *self.runtime.settings.api.api_keys]
 
-    def call_room(self, room: str) -> CallRoom:
-        current = self.rooms.get(room)
-        if current is None or current.state is CallState.ENDED:
-            current = CallRoom(self.runtime, room, self.settings.idle_timeout_s, self._room_ended)
-            self.rooms[room] = current
-        return current
+    async def open_track(self, room: str, owner: TrackOwner) -> ParticipantTarget | None:
+        """A target for the owner's audio, starting the room's call if needed; ``None`` when
+        the track is not captioned (no capacity, the call is ending)."""
+        call = self.rooms.get(room)
+        if call is None or call.state is not CallState.OPEN:
+            call = CallSession(self.runtime, room, CallLimits(self.settings.idle_timeout_s))
+            call.on_ended.append(self._room_ended)
+            self.rooms[room] = call
+            await call.start(watch=True)
+        try:
+            stream = await call.admit(owner.participant, owner.name, owner.language)
+        except (CapacityError, CallEndedError):
+            return None
+        return ParticipantTarget(call, owner, stream)
+
+    def rename(self, room: str, participant: str, name: str) -> None:
+        call = self.rooms.get(room)
+        if call is not None and call.state is CallState.OPEN:
+            call.rename(participant, name)
 
     def heard(self, room: str) -> None:
-        current = self.rooms.get(room)
-        if current is not None:
-            current.heard()
+        call = self.rooms.get(room)
+        if call is not None:
+            call.heard()
 
     def add_peer(self, peer: PeerSession) -> None:
         if self.closed:
@@ -70,20 +104,20 @@ class Bridge:
             except Exception:
                 log.exception("peer-closed hook failed for session %s", peer.id)
         if not any(other.room == peer.room for other in self.peers.values()):
-            call_room = self.rooms.get(peer.room)
-            if call_room is not None:
-                await call_room.end(reason)
+            call = self.rooms.get(peer.room)
+            if call is not None:
+                await call.end(reason)
 
-    async def _room_ended(self, call_room: CallRoom, reason: str) -> None:
-        if self.rooms.get(call_room.room) is call_room:
-            del self.rooms[call_room.room]
-        for peer in [p for p in self.peers.values() if p.room == call_room.room]:
+    async def _room_ended(self, call: CallSession, reason: str) -> None:
+        if self.rooms.get(call.room) is call:
+            del self.rooms[call.room]
+        for peer in [p for p in self.peers.values() if p.room == call.room]:
             await self.close_peer(peer, reason)
 
     async def aclose(self) -> None:
         self.closed = True
         for peer in list(self.peers.values()):
             await self.close_peer(peer, "shutdown")
-        for call_room in list(self.rooms.values()):
-            await call_room.end("shutdown")
+        for call in list(self.rooms.values()):
+            await call.end("shutdown")
         await self.tasks.aclose()

@@ -1,12 +1,13 @@
-"""Errors the bridge reports to whoever signalled it (HTTP, NATS): a code, a message, a status."""
+"""Errors the bridge reports to whoever signalled it (HTTP, NATS)."""
+
+from typing import Any
+
+from protocol.errors import ServiceError
 
 
-class BridgeError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class BridgeError(ServiceError):
+    """A :class:`ServiceError` of the bridge; NATS replies carry :meth:`to_json` as ``error``."""
 
-    def to_json(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = self.body()["error"]
+        return error

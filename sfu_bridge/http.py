@@ -10,16 +10,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from protocol import ErrorCode
+from protocol.errors import ERROR_SCHEMA, ServiceError
 from sfu_bridge.errors import BridgeError
 
 M = TypeVar("M", bound=BaseModel)
-
-
-_ERROR_BODY = {
-    "type": "object",
-    "description": "the error's code and message",
-    "additionalProperties": True,
-}
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -27,15 +21,18 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
             "description": HTTPStatus(status).phrase,
-            "content": {"application/json": {"schema": _ERROR_BODY}},
+            "content": {"application/json": {"schema": ERROR_SCHEMA}},
         }
         for status in statuses
     }
 
 
-def error_response(error: BridgeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
+def error_response(error: ServiceError) -> JSONResponse:
+    """The one error body (``{"error": {"code", "message"}}``), as every route answers."""
+    headers = dict(error.headers or {})
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
 def check_bearer(tokens: Sequence[str], request: Request) -> None:

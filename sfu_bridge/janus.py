@@ -18,16 +18,16 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.download import DownloadError, check_url, guarded_client, read_capped
 from pipeline.runtime import LiveRuntime
+from pipeline.tasks import TaskSet
+from pipeline.url_fetch import DownloadError, check_url, guarded_client, read_capped
 from protocol import ErrorCode
+from protocol.errors import ServiceError
 from protocol.openapi import json_body
 from sfu_bridge.bridge import Bridge
-from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, documented, error_response, read_json
-from sfu_bridge.peer import PeerSession
-from sfu_bridge.tasks import TaskSet
+from sfu_bridge.peer import PeerSession, TrackOwner
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,9 @@ class JanusPeer(PeerSession):
 
     def __init__(self, bridge: Bridge, room: str) -> None:
         super().__init__(bridge, room)
-        self.streams: dict[str, Speaker] = {}
+        self.streams: dict[str, TrackOwner] = {}
 
-    def speaker_for(self, mid: str) -> Speaker | None:
+    def speaker_for(self, mid: str) -> TrackOwner | None:
         return self.streams.get(mid)
 
     async def update_streams(self, streams: list[Json]) -> None:
@@ -218,7 +218,7 @@ class JanusPeer(PeerSession):
 
     def set_streams(self, streams: list[Json]) -> None:
         self.streams = {
-            str(stream["mid"]): Speaker(str(stream["feed_id"]), stream.get("feed_display"))
+            str(stream["mid"]): TrackOwner(str(stream["feed_id"]), stream.get("feed_display"))
             for stream in streams
             if stream.get("type") == "audio"
             and stream.get("feed_id") is not None
@@ -457,7 +457,7 @@ def janus_router(bridge: Bridge) -> APIRouter:
                     ErrorCode.UPSTREAM_TIMEOUT,
                     f"Janus: room {body.room} not joined within {timeout_s:g} s",
                 ) from exc
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         adapters[adapter.id] = adapter
         bridge.tasks.spawn(_forget(adapters, adapter), f"janus {adapter.id}")
@@ -472,7 +472,7 @@ def janus_router(bridge: Bridge) -> APIRouter:
             adapter = adapters.pop(session_id, None)
             if adapter is None:
                 raise BridgeError(404, ErrorCode.NOT_FOUND, f"no Janus session {session_id!r}")
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         await adapter.leave()
         return Response(status_code=204)

@@ -15,6 +15,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from protocol import ErrorCode
+from protocol.errors import ServiceError
 from sfu_bridge import room_session as rooms
 from sfu_bridge.bridge import Bridge
 from sfu_bridge.errors import BridgeError
@@ -58,9 +59,8 @@ class BridgeNatsService:
         except BridgeError as exc:
             error = exc
         except Exception as exc:
-            status, code = getattr(exc, "status", None), getattr(exc, "code", None)
-            if isinstance(status, int) and isinstance(code, str):  # the service's own refusals
-                error = BridgeError(status, code, str(exc))
+            if isinstance(exc, ServiceError):  # the service's own refusals (capacity...)
+                error = BridgeError(exc.status, exc.code, exc.message)
             else:
                 log.exception("NATS request on %s failed", msg.subject)
                 error = BridgeError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -4,23 +4,32 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from pipeline.tasks import TaskSet
 from protocol import ErrorCode
-from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.ice import gather_on, ice_configuration
 from sfu_bridge.sdp import MediaLine, parse_offer
-from sfu_bridge.tasks import TaskSet
 from sfu_bridge.track_audio import AudioTarget, TrackFeed, drain
 
 if TYPE_CHECKING:
     from sfu_bridge.bridge import Bridge
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackOwner:
+    """Who is behind a track: the participant the bridge captions it as."""
+
+    participant: str
+    name: str | None = None
+    language: str | None = None
 
 
 class PeerSession:
@@ -49,7 +58,7 @@ class PeerSession:
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
-    def speaker_for(self, mid: str) -> Speaker | None:
+    def speaker_for(self, mid: str) -> TrackOwner | None:
         raise NotImplementedError
 
     async def accept_offer(
@@ -82,7 +91,7 @@ class PeerSession:
                     await self.rebind(mid)
         return self.pc.localDescription.sdp
 
-    def current_speaker(self, mid: str) -> Speaker | None:
+    def current_speaker(self, mid: str) -> TrackOwner | None:
         line = self.media.get(mid)
         return self.speaker_for(mid) if line is not None and line.sending else None
 
@@ -113,7 +122,7 @@ class PeerSession:
         speaker = self.current_speaker(mid)
         if speaker is None or self.closed:
             return None
-        return await self.bridge.call_room(self.room).open(speaker)
+        return await self.bridge.open_track(self.room, speaker)
 
     async def rebind(self, mid: str, reason: str = "left") -> None:
         """The participant behind ``mid`` changed or left: flush its stream."""

@@ -8,12 +8,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.download import DownloadError, resolve
+from pipeline.url_fetch import DownloadError, resolve
 from protocol import ErrorCode
 from sfu_bridge.bridge import Bridge
-from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
-from sfu_bridge.peer import PeerSession
+from sfu_bridge.peer import PeerSession, TrackOwner
 from sfu_bridge.sdp import MediaLine
 
 
@@ -62,16 +61,16 @@ class RoomSession(PeerSession):
 
     def __init__(self, bridge: Bridge, room: str, ice_servers: list[dict[str, Any]] | None) -> None:
         super().__init__(bridge, room, ice_servers)
-        self.tracks: dict[str, Speaker] = {}
+        self.tracks: dict[str, TrackOwner] = {}
 
-    def speaker_for(self, mid: str) -> Speaker | None:
+    def speaker_for(self, mid: str) -> TrackOwner | None:
         mapped = self.tracks.get(mid)
         if mapped is not None:
             return mapped
         line = self.media.get(mid)
         if line is None or line.kind != "audio" or not line.stream_id:
             return None
-        return Speaker(line.stream_id)
+        return TrackOwner(line.stream_id)
 
     async def offer(self, sdp: str, tracks: dict[str, TrackInfo]) -> str:
         def remap(lines: list[MediaLine]) -> None:
@@ -91,13 +90,13 @@ class RoomSession(PeerSession):
             new = self.current_speaker(mid)
             if old is not None and new is not None and old.participant == new.participant:
                 if new.name and new.name != old.name:
-                    self.bridge.call_room(self.room).rename(new.participant, new.name)
+                    self.bridge.rename(self.room, new.participant, new.name)
             elif old != new:
                 await self.rebind(mid, "replaced")
 
 
-def _speaker(info: TrackInfo) -> Speaker:
-    return Speaker(info.participant, info.name, info.language)
+def _speaker(info: TrackInfo) -> TrackOwner:
+    return TrackOwner(info.participant, info.name, info.language)
 
 
 def _check_mids(tracks: dict[str, Any], known: set[str]) -> None:

@@ -6,10 +6,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from protocol.errors import ServiceError
 from protocol.openapi import json_body
 from sfu_bridge import room_session as rooms
 from sfu_bridge.bridge import Bridge
-from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, documented, error_response, read_json
 from sfu_bridge.janus import janus_router
 from sfu_bridge.whip import whip_router
@@ -21,7 +21,7 @@ async def _guarded(
     try:
         check_bearer(bridge.credentials, request)
         result = await action()
-    except BridgeError as exc:
+    except ServiceError as exc:
         return error_response(exc)
     if result is None:
         return Response(status_code=204)

@@ -11,6 +11,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from pipeline.pcm import Resampler
+
 log = logging.getLogger(__name__)
 
 RATE = 16000
@@ -24,7 +26,7 @@ class PcmConverter:
     """
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._resampler = Resampler()
         self._next_pts: Fraction | None = None
         self._samples_out = 0
 
@@ -46,8 +48,7 @@ class PcmConverter:
                 if gap >= duration / 2:
                     start += round(gap * RATE)
             self._next_pts = pts + duration
-        chunks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        samples = self._resampler.resample(frame)
         self._samples_out = start + samples.size
         return samples, start / RATE
 

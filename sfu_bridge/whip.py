@@ -8,11 +8,11 @@ from aiortc.sdp import candidate_from_sdp
 from fastapi import APIRouter, Request, Response
 
 from protocol import ErrorCode
+from protocol.errors import ServiceError
 from sfu_bridge.bridge import Bridge
-from sfu_bridge.call_room import Speaker
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import check_bearer, documented, error_response, read_text
-from sfu_bridge.peer import PeerSession
+from sfu_bridge.peer import PeerSession, TrackOwner
 from sfu_bridge.sdp import MediaLine
 
 SDP = "application/sdp"
@@ -24,7 +24,7 @@ class WhipSession(PeerSession):
 
     kind = "whip"
 
-    def __init__(self, bridge: Bridge, room: str, speaker: Speaker) -> None:
+    def __init__(self, bridge: Bridge, room: str, speaker: TrackOwner) -> None:
         super().__init__(bridge, room)
         self.speaker = speaker
         self.etag = f'"{uuid.uuid4().hex}"'
@@ -35,7 +35,7 @@ class WhipSession(PeerSession):
             None,
         )
 
-    def speaker_for(self, mid: str) -> Speaker | None:
+    def speaker_for(self, mid: str) -> TrackOwner | None:
         return self.speaker if mid == self._audio_mid() else None
 
     def check_offer(self, lines: list[MediaLine]) -> None:
@@ -108,7 +108,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
         try:
             check_bearer(bridge.credentials, request)
             session = bridge.peer(session_id, WhipSession)
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         await bridge.close_peer(session, "left")
         return Response(status_code=200)
@@ -133,7 +133,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
                     f"If-Match {match} is not the session's ETag",
                 )
             await trickle(session, await read_text(request, SDPFRAG))
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         return Response(status_code=204)
 
@@ -147,7 +147,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
         try:
             check_bearer(bridge.credentials, request)
             bridge.peer(session_id, WhipSession)
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         return Response(status_code=204, headers={"Allow": "OPTIONS, PATCH, DELETE"})
 
@@ -177,10 +177,10 @@ def whip_router(bridge: Bridge) -> APIRouter:
             if bridge.runtime.admission is not None:
                 bridge.runtime.admission.check("webrtc")
             offer = await read_text(request, SDP)
-            session = WhipSession(bridge, room, Speaker(participant, name, language))
+            session = WhipSession(bridge, room, TrackOwner(participant, name, language))
             answer = await session.accept_offer(offer)
             bridge.add_peer(session)
-        except BridgeError as exc:
+        except ServiceError as exc:
             if session is not None:
                 await session.close("rejected")
             return error_response(exc)
@@ -201,7 +201,7 @@ def whip_router(bridge: Bridge) -> APIRouter:
     async def endpoint_options(room: str, participant: str, request: Request) -> Response:
         try:
             check_bearer(bridge.credentials, request)
-        except BridgeError as exc:
+        except ServiceError as exc:
             return error_response(exc)
         return Response(status_code=204, headers={"Allow": "OPTIONS, POST", "Accept-Post": SDP})
 

@@ -17,13 +17,10 @@ from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from api.admission import Admission
-from api.app import create_app
-from api.listen import listen_router
 from api.services import Services
-from engines.scheduler import DecodeScheduler
-from pipeline.publisher import NatsPublisher
+from pipeline.call import Admission
 from pipeline.runtime import LiveRuntime
+from roomscribe.service import running_service
 from tests.api_helpers import make_settings
 from tests.conftest import free_port
 from tests.live_helpers import live_engine
@@ -48,36 +45,38 @@ class ListenServer:
 
 @asynccontextmanager
 async def listen_server(
-    nats_url: str, data_dir: Path, scheduler: DecodeScheduler, **sections: dict[str, Any]
+    nats_url: str, data_dir: Path, **sections: dict[str, Any]
 ) -> AsyncIterator[ListenServer]:
+    """The production composition (``running_service``) behind a real uvicorn server; the
+    in-process worker only runs when ``postcall={"run_worker": True}`` is given."""
+    sections = {**sections, "postcall": {"run_worker": False, **sections.get("postcall", {})}}
     settings = make_settings(nats_url, data_dir, **sections)
-    publisher = NatsPublisher.from_settings(nats_url, settings.nats)
-    await publisher.start()
-    nc = await nats.connect(nats_url)
-    runtime = LiveRuntime(settings, live_engine(), scheduler, publisher)
-    services = await Services.open(settings, nc, run_worker=False)
-    admission = Admission.from_settings(settings.limits, services.metrics.registry)
-    services.routers.append(listen_router(runtime, admission, services.store, settings))
-    app = create_app(services)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
+    async with running_service(settings, live_engine()) as service:
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                service.app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                ws="websockets-sansio",
+            )
         )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(15):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-        yield ListenServer(port, services, runtime, admission, nc)
-    finally:
-        server.should_exit = True
-        await task
-        await publisher.close()
-        await nc.close()
+        task = asyncio.create_task(server.serve())
+        nc = await nats.connect(nats_url)
+        try:
+            async with asyncio.timeout(15):
+                while not server.started:
+                    if task.done():
+                        task.result()
+                    await asyncio.sleep(0.02)
+            admission = service.runtime.admission
+            assert isinstance(admission, Admission)
+            yield ListenServer(port, service.services, service.runtime, admission, nc)
+        finally:
+            server.should_exit = True
+            await task
+            await nc.close()
 
 
 def to_48k_stereo(samples: np.ndarray) -> bytes:

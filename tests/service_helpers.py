@@ -1,30 +1,48 @@
-"""The whole ``serve`` composition (bridge, listen, overlay, API) on a real loopback port."""
+"""The production composition (``running_service``) behind a real uvicorn server, and
+``roomscribe`` processes (serve, worker) started as a user starts them."""
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 
-from config.settings import Settings
+from config import Settings
 from roomscribe.service import Running, running_service
 from tests.conftest import free_port
+from tests.live_helpers import live_engine
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class Served:
-    url: str
-    running: Running
+    service: Running
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/listen"
 
 
 @asynccontextmanager
 async def served(settings: Settings) -> AsyncIterator[Served]:
-    async with running_service(settings) as running:
+    async with running_service(settings, live_engine()) as service:
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(
-                running.app,
+                service.app,
                 host="127.0.0.1",
                 port=port,
                 log_level="warning",
@@ -39,7 +57,47 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
                     if task.done():
                         task.result()
                     await asyncio.sleep(0.02)
-            yield Served(f"http://127.0.0.1:{port}", running)
+            yield Served(service, port)
         finally:
             server.should_exit = True
             await task
+
+
+def roomscribe_process(
+    command: list[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """``python -m roomscribe <command>`` with ``env`` added to ours, output into ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "roomscribe", *command],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+async def wait_http(url: str, within_s: float = 60.0) -> None:
+    async with httpx.AsyncClient() as client, asyncio.timeout(within_s):
+        while True:
+            try:
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+async def jobs_of(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = (await client.get("/v1/transcripts?limit=100")).json()["data"]
+    return listed

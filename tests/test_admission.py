@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from api.admission import Admission, StreamKind
 from bench.scoring import wer
-from engines.scheduler import DecodeScheduler
+from pipeline.call import Admission, StreamKind
 from tests.conftest import librivox_files, librivox_reference, read_wav16
 from tests.listen_helpers import (
     Session,
@@ -51,13 +50,13 @@ def test_no_limit_admits_everything() -> None:
 
 
 async def test_second_stream_is_refused_and_the_first_still_works(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
+    nats_url: str, tmp_path: Path
 ) -> None:
     path = librivox_files()[0]
     audio = read_wav16(path)
     reference = librivox_reference()[path.stem]
     pieces = chunks(np.concatenate([audio, np.zeros(16000, np.int16)]).tobytes(), (6401,))
-    async with listen_server(nats_url, tmp_path, scheduler, limits={"max_streams": 1}) as server:
+    async with listen_server(nats_url, tmp_path, limits={"max_streams": 1}) as server:
         first = Session()
         async with connect(server.ws_url) as ws:
             reader = asyncio.create_task(receive_all(ws, first))
@@ -93,12 +92,12 @@ async def test_second_stream_is_refused_and_the_first_still_works(
 
 
 async def test_max_duration_stops_the_stream_and_keeps_what_was_heard(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
+    nats_url: str, tmp_path: Path
 ) -> None:
     path = librivox_files()[0]
     audio = read_wav16(path)
     assert audio.size > 3 * 16000
-    async with listen_server(nats_url, tmp_path, scheduler, limits={"max_stream_s": 3}) as server:
+    async with listen_server(nats_url, tmp_path, limits={"max_stream_s": 3}) as server:
         session = await run_session(
             server.ws_url, START, chunks(audio.tobytes(), (3333,)), pace_s=0.005
         )
@@ -115,11 +114,9 @@ async def test_max_duration_stops_the_stream_and_keeps_what_was_heard(
         assert finals and all(m["end"] <= 3.2 for m in finals)
 
 
-async def test_max_duration_also_counts_wall_clock(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
-) -> None:
+async def test_max_duration_also_counts_wall_clock(nats_url: str, tmp_path: Path) -> None:
     limits = {"max_stream_s": 1.5, "idle_timeout_s": 10}
-    async with listen_server(nats_url, tmp_path, scheduler, limits=limits) as server:
+    async with listen_server(nats_url, tmp_path, limits=limits) as server:
         trickle = [np.zeros(1600, "<i2").tobytes()] * 8
         session = await run_session(server.ws_url, START, trickle, pace_s=0.5, within_s=20)
         assert session.error["code"] == "MAX_DURATION_REACHED"
@@ -129,14 +126,12 @@ async def test_max_duration_also_counts_wall_clock(
         assert session.close_code == 4002
 
 
-async def test_idle_stream_is_ended(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
-) -> None:
-    async with listen_server(nats_url, tmp_path, scheduler, limits={"idle_timeout_s": 1}) as server:
+async def test_idle_stream_is_ended(nats_url: str, tmp_path: Path) -> None:
+    async with listen_server(nats_url, tmp_path, limits={"idle_timeout_s": 1}) as server:
         silence = np.zeros(8000, "<i2").tobytes()
         session = await run_session(server.ws_url, START, [silence], within_s=20)
         assert [m["type"] for m in session.messages] == ["ready", "completed"]
-        assert session.messages[-1]["reason"] == "idle_timeout"
+        assert session.messages[-1]["reason"] == "idle"
         assert session.messages[-1]["streamed_seconds"] == 0.5
         assert session.close_code == 4003
 

@@ -16,9 +16,9 @@ import pytest
 import srt
 import webvtt
 
-from pipeline.download import DownloadError, check_url, download
 from pipeline.jobs import JobKind
-from pipeline.webhooks import SIGNATURE_HEADER, verify
+from pipeline.url_fetch import DownloadError, check_url, download
+from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import make_settings, running_api, wait_done, wer
 from tests.conftest import librivox_files, librivox_reference
 from tests.webhook_receiver import webhook_receiver
@@ -63,7 +63,7 @@ async def test_ops_endpoints_and_request_headers(nats_url: str, tmp_path: Path) 
         assert (await client.get("/docs")).status_code == 200
 
         health = await client.get("/health", headers={"X-Request-ID": "client-id-1"})
-        assert health.json() == {"status": "ok", "nats": True}
+        assert health.json() == {"status": "ok", "nats": True, "problems": []}
         assert health.headers["X-Request-ID"] == "client-id-1"
         assert float(health.headers["X-Process-Time-Ms"]) >= 0
         generated = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})

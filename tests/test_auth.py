@@ -49,8 +49,8 @@ async def test_every_route_needs_a_key_and_bridge_tokens_only_open_the_bridge(
         bridge={"bearer_tokens": [BRIDGE_TOKEN]},
         postcall={"run_worker": False},
     )
-    async with served(settings) as service, httpx.AsyncClient(base_url=service.url) as client:
-        routes = _routes(service.running.app)
+    async with served(settings) as service, httpx.AsyncClient(base_url=service.http_url) as client:
+        routes = _routes(service.service.app)
         paths = {path for path, _, _ in routes}
         assert {"/whip/{room}/{participant}", "/v1/sessions", "/v1/janus/join"} <= paths
         assert {
@@ -87,7 +87,7 @@ async def test_every_route_needs_a_key_and_bridge_tokens_only_open_the_bridge(
                     assert narrow.status_code == 401, what
         assert checked >= 20
         assert [path for path, _, socket in routes if socket] == ["/v1/listen"]
-        ws = service.url.replace("http", "ws") + "/v1/listen"
+        ws = service.http_url.replace("http", "ws") + "/v1/listen"
         async with connect(ws) as socket:
             refusal = json.loads(await socket.recv())
             with pytest.raises(ConnectionClosed) as closed:
@@ -110,7 +110,7 @@ async def test_public_paths_open_metrics_and_docs_only_when_listed(
         api={"api_keys": [KEY], "public_paths": ["/health", "/metrics", "/docs*"]},
         postcall={"run_worker": False},
     )
-    async with served(settings) as service, httpx.AsyncClient(base_url=service.url) as client:
+    async with served(settings) as service, httpx.AsyncClient(base_url=service.http_url) as client:
         assert (await client.get("/metrics")).status_code == 200
         assert (await client.get("/docs")).status_code == 200
         assert (await client.get("/openapi.json")).status_code == 401

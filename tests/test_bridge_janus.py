@@ -59,13 +59,13 @@ async def test_bot_captions_janus_publishers_by_display_name(
         bad = await client.post(
             "/v1/janus/join", json={"url": "http://127.0.0.1:9/janus", "room": janus.room}
         )
-        assert bad.status_code == 502 and bad.json()["code"] == "PROTOCOL"
+        assert bad.status_code == 502 and bad.json()["error"]["code"] == "PROTOCOL"
         joined = await client.post("/v1/janus/join", json={"url": janus.url, "room": janus.room})
         assert joined.status_code == 200, joined.text
         session, room = joined.json()["session_id"], joined.json()["room"]
 
         def speaking() -> set[str]:
-            call = bridge.rooms[room].call if room in bridge.rooms else None
+            call = bridge.rooms.get(room)
             return {s.name or "" for s in call.participants.values()} if call else set()
 
         await wait_until(lambda: speaking() == {"Ann", "Ben"}, 20, "the bot to hear Ann and Ben")
@@ -112,7 +112,7 @@ async def test_join_janus_reports_a_missing_room(tmp_path: Path, janus: JanusSer
     async with running_bridge(settings) as (_, client, _sink):
         missing = await client.post("/v1/janus/join", json={"url": janus.url, "room": 999})
         assert missing.status_code == 502
-        assert missing.json()["message"] == "Janus: refused join (error 426)"
+        assert missing.json()["error"]["message"] == "Janus: refused join (error 426)"
         assert (
             await client.post("/v1/janus/join", json={"url": "ftp://x", "room": 1})
         ).status_code == 400

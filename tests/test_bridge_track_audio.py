@@ -12,7 +12,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pipeline.recorder import CallRecord
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
-from sfu_bridge.call_room import CallRoom, Speaker
+from sfu_bridge.bridge import Bridge
+from sfu_bridge.peer import TrackOwner
 from sfu_bridge.track_audio import PcmConverter, TrackFeed, drain
 from tests.bridge_peers import bridge_settings
 from tests.conftest import read_wav16
@@ -73,20 +74,21 @@ class ScriptedTrack(MediaStreamTrack):
 async def test_feed_fills_holes_and_track_end_flushes(tmp_path: Path) -> None:
     settings = bridge_settings(tmp_path)
     runtime = await LiveRuntime.create(settings, CollectingSink(), engine=live_engine())
-    room = CallRoom(runtime, "r", idle_timeout_s=30)
+    bridge = Bridge(runtime)
     try:
         # 1 s of frames with a 0.5 s hole in the middle
         pts = [i * 960 for i in range(25)] + [i * 960 for i in range(50, 75)]
         heard = []
         feed = TrackFeed(
             ScriptedTrack(pts),
-            open_target=lambda: room.open(Speaker("p1", "P One")),
+            open_target=lambda: bridge.open_track("r", TrackOwner("p1", "P One")),
             on_audio=lambda: heard.append(1),
         )
         await feed.run()
         assert len(heard) == 50
-        assert room.call is not None and "p1" not in room.call.participants  # flushed at track end
-        record = await room.end("ended")
+        call = bridge.rooms["r"]
+        assert "p1" not in call.participants  # flushed at track end
+        record = await call.end("ended")
         assert isinstance(record, CallRecord)
         audio = read_wav16(record.directory / record.participants[0].file)
         assert abs(audio.size / 16000 - 1.5) < 0.03, audio.size / 16000
@@ -94,7 +96,7 @@ async def test_feed_fills_holes_and_track_end_flushes(tmp_path: Path) -> None:
             "the hole must be silence"
         )
     finally:
-        await room.end("ended")
+        await bridge.aclose()
         await runtime.aclose()
 
 
@@ -126,28 +128,27 @@ async def test_newer_track_of_a_participant_displaces_the_older(tmp_path: Path) 
     runtime = await LiveRuntime.create(
         bridge_settings(tmp_path), CollectingSink(), engine=live_engine()
     )
-    room = CallRoom(runtime, "r", idle_timeout_s=30)
+    bridge = Bridge(runtime)
     try:
         old = GatedTrack([i * 960 for i in range(20)], first=10)
-        old_feed = TrackFeed(old, open_target=lambda: room.open(Speaker("p1")))
+        old_feed = TrackFeed(old, open_target=lambda: bridge.open_track("r", TrackOwner("p1")))
         running = asyncio.create_task(old_feed.run())
         await old.held.wait()
         new = GatedTrack([i * 960 for i in range(50)], first=25)
-        new_feed = TrackFeed(new, open_target=lambda: room.open(Speaker("p1")))
+        new_feed = TrackFeed(new, open_target=lambda: bridge.open_track("r", TrackOwner("p1")))
         newer = asyncio.create_task(new_feed.run())
         await new.held.wait()
-        assert room.call is not None
-        stream = room.call.participants["p1"]
+        call = bridge.rooms["r"]
+        stream = call.participants["p1"]
         old.gate.set()
         await running  # the old track ends without taking p1 back or closing the new stream
-        assert room.call.participants["p1"] is stream
+        assert call.participants["p1"] is stream
         new.gate.set()
         await newer
-        record = await room.end("ended")
-        assert record is not None
+        record = await call.end("ended")
         seconds = [read_wav16(record.directory / p.file).size / 16000 for p in record.participants]
         # the displaced track may lose what it had not handed over yet: one batch at most
         assert 0.2 - old_feed.batch_s <= seconds[0] <= 0.2 and round(seconds[1], 1) == 1.0, seconds
     finally:
-        await room.end("ended")
+        await bridge.aclose()
         await runtime.aclose()

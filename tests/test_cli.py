@@ -98,11 +98,18 @@ def test_transcribe_renders_srt(tmp_path: Path) -> None:
     assert cues and "amiable" in " ".join(c.content for c in cues).lower()
 
 
-def test_schema_lists_every_frame(tmp_path: Path) -> None:
+def test_schema_lists_every_wire_record(tmp_path: Path) -> None:
     result = roomscribe("schema", data_dir=tmp_path)
-    schemas = json.loads(result.stdout)
-    assert set(schemas) == {"CaptionFrame", "EventFrame", "ErrorFrame"}
-    assert "segment_id" in schemas["CaptionFrame"]["properties"]
+    groups = json.loads(result.stdout)
+    assert set(groups) == {"frames", "listen", "jobs", "webhooks", "http"}
+    assert set(groups["frames"]) == {"CaptionFrame", "EventFrame", "ErrorFrame"}
+    assert "segment_id" in groups["frames"]["CaptionFrame"]["properties"]
+    assert set(groups["listen"]) == {
+        "ListenStart", "ListenEnd", "ListenReady", "ListenCompleted", "ListenError",
+    }  # fmt: skip
+    assert "attempts" in groups["jobs"]["JobRecord"]["properties"]
+    assert {"WebhookEvent", "CallEndedData", "JobEventData", "Delivery"} <= set(groups["webhooks"])
+    assert "CAPACITY" in json.dumps(groups["http"]["ErrorBody"])
 
 
 def test_models_list_shows_packaged_models(tmp_path: Path) -> None:

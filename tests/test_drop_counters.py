@@ -22,7 +22,7 @@ async def test_refusals_and_drops_are_counted(nats_url: str, tmp_path: Path) -> 
     settings = make_settings(
         nats_url, tmp_path, api={"allow_private_urls": False}, limits={"max_streams": 1}
     )
-    async with served(settings) as service, httpx.AsyncClient(base_url=service.url) as client:
+    async with served(settings) as service, httpx.AsyncClient(base_url=service.http_url) as client:
         empty = await client.post("/v1/transcripts", files={"file": ("e.wav", b"\0")})
         text = await client.post("/v1/transcripts", files={"file": ("t.wav", b"not audio " * 9)})
         assert (await _failed(client, empty.json()["id"]))["code"] == "UNSUPPORTED_FORMAT"

@@ -35,7 +35,7 @@ async def test_openapi_fuzzed_clean(nats_url: str, tmp_path: Path, keys: list[st
             "--config-file",
             str(HERE / "schemathesis.toml"),
             "run",
-            f"{service.url}/openapi.json",
+            f"{service.http_url}/openapi.json",
             *headers,
             "--checks",
             "all",

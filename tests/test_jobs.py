@@ -38,7 +38,7 @@ def _record(job_id: str | None = None) -> JobRecord:
         ([JobState.PROCESSING, JobState.COMPLETED], JobState.FAILED),
         ([JobState.FAILED], JobState.PROCESSING),
         ([JobState.FAILED], JobState.QUEUED),
-        ([JobState.PROCESSING], JobState.QUEUED),
+        ([JobState.PROCESSING, JobState.COMPLETED], JobState.QUEUED),
     ],
 )
 def test_illegal_transitions_raise(path: list[JobState], target: JobState) -> None:
@@ -54,8 +54,10 @@ def test_illegal_transitions_raise(path: list[JobState], target: JobState) -> No
 def test_legal_path_and_redelivery_restart() -> None:
     record = _record().transition(JobState.PROCESSING, progress=10, message="transcribing")
     record = record.transition(JobState.PROCESSING, progress=0, attempts=2)
+    retrying = record.transition(JobState.QUEUED, message="retrying")
+    record = retrying.transition(JobState.PROCESSING, attempts=3)
     done = record.transition(JobState.COMPLETED, progress=100)
-    assert (done.status, done.progress, done.attempts) == (JobState.COMPLETED, 100, 2)
+    assert (done.status, done.progress, done.attempts) == (JobState.COMPLETED, 100, 3)
     assert done.status.terminal
 
 

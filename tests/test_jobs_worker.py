@@ -1,4 +1,5 @@
-"""A worker process killed mid-job: the job is redelivered and completes exactly once."""
+"""A worker process killed mid-job: the record says it is retried, the job is redelivered and
+completes exactly once."""
 
 import asyncio
 import io
@@ -15,7 +16,9 @@ import nats
 import numpy as np
 
 from pipeline.jobs import JobKind, JobRecord, JobSource, JobState, JobStore, new_job_id, wait_for
-from pipeline.webhooks import SIGNATURE_HEADER, Notifier, verify
+from pipeline.webhooks import Notifier
+from pipeline.worker import STALE_S, SWEEP_S
+from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import wer
 from tests.conftest import librivox_files, librivox_reference, read_wav16
 from tests.webhook_receiver import webhook_receiver
@@ -41,7 +44,7 @@ def _start_worker(nats_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "ROOMSCRIBE_DATA_DIR": str(data_dir),
         "ROOMSCRIBE_NATS__SUBJECT_PREFIX": PREFIX,
         "ROOMSCRIBE_POSTCALL__BATCH_MODEL": "whisper-tiny.en",
-        "ROOMSCRIBE_POSTCALL__JOB_ACK_WAIT_S": "3",
+        "ROOMSCRIBE_POSTCALL__JOB_ACK_WAIT_S": "30",
         "ROOMSCRIBE_POSTCALL__WEBHOOK_SECRET": "kill-secret",
         "ROOMSCRIBE_API__ALLOW_PRIVATE_URLS": "true",  # the webhook receiver is on loopback
     }
@@ -83,6 +86,12 @@ async def test_killed_worker_job_completes_once(nats_url: str, tmp_path: Path) -
             assert interrupted.attempts == 1
 
             workers.append(_start_worker(nats_url, tmp_path))
+            # the new worker's sweep finds the dead one's record before the redelivery
+            async with asyncio.timeout(STALE_S + SWEEP_S + 10):
+                while (await store.get(record.id)).status != JobState.QUEUED:  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+            retrying = await store.get(record.id)
+            assert retrying.message == "retrying: attempt 1 was interrupted"
             done = await wait_for(store, record.id, limit_s=120)
             assert done.status == JobState.COMPLETED, done.error
             assert done.attempts == 2

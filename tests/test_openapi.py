@@ -22,7 +22,7 @@ async def test_document_lists_every_status_and_body(nats_url: str, tmp_path: Pat
         bridge={"host_addresses": [host_address()]},
         postcall={"run_worker": False},
     )
-    async with served(settings) as service, httpx.AsyncClient(base_url=service.url) as client:
+    async with served(settings) as service, httpx.AsyncClient(base_url=service.http_url) as client:
         document = (await client.get("/openapi.json", headers=KEY)).json()
         paths = document["paths"]
         for path, operations in paths.items():

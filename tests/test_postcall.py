@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.postcall import attach_live_ids, call_ended_hook
+from pipeline.handover import CallHandover
+from pipeline.postcall import attach_live_ids
 from pipeline.recorder import CallRecorder, ParticipantRecord
-from pipeline.webhooks import SIGNATURE_HEADER, verify
 from protocol.frames import CaptionFrame, Word
 from protocol.transcript import Segment
+from protocol.webhooks import SIGNATURE_HEADER, verify
 from tests.api_helpers import make_settings, running_api, wait_done, wer
 from tests.conftest import librivox_files, librivox_reference, read_wav16
 from tests.webhook_receiver import webhook_receiver
@@ -68,12 +69,12 @@ async def test_recorded_call_is_repassed_merged_summarized_and_announced(
             tmp_path,
             postcall={"model": "whisper-base", "summarize": True, "webhook_url": receiver.url},
         )
-        call_id, references = record_call(Path(settings.data_dir) / "calls")
+        call_id, references = record_call(settings.calls_dir)
         async with running_api(settings) as (client, services):
             from pipeline.recorder import CallRecord
 
-            hook = call_ended_hook(services.store, services.notifier, settings)
-            await hook(CallRecord.load(Path(settings.data_dir) / "calls" / call_id))
+            handover = CallHandover(services.store, services.notifier, settings)
+            await handover.hand_over(CallRecord.load(settings.calls_dir / call_id))
             (listed,) = (await client.get("/v1/transcripts")).json()["data"]
             body = await wait_done(client, listed["id"], limit_s=240)
             assert body["status"] == "completed", body

@@ -1,4 +1,4 @@
-"""A call through the real live path (CallSession) ends -> the runtime hook queues the re-pass."""
+"""A call through the real live path (CallSession) ends -> its hand-over queues the re-pass."""
 
 import asyncio
 import json
@@ -29,7 +29,7 @@ async def test_ended_call_gets_repassed_with_live_segment_ids(
         runtime = LiveRuntime(settings, live_engine(), scheduler, CollectingSink())
         try:
             async with running_api(settings, runtime=runtime) as (client, _):
-                assert len(runtime.call_ended_hooks) == 1
+                assert runtime.handover is not None
                 call = CallSession(runtime, "retro")
                 await call.start()
                 alice = call.add_participant("alice", "Alice", "en", offset=0.0)

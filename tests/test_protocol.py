@@ -213,3 +213,24 @@ def test_frame_schemas_cover_every_frame() -> None:
         assert field in caption_props
     assert set(caption_props["type"]["enum"]) == {"partial", "final"}
     json.dumps(schemas)
+
+
+def test_job_webhook_and_bridge_subjects_live_in_one_place() -> None:
+    subjects = Subjects("acme.rs")
+    assert subjects.jobs == "acme.rs.v1.jobs.>"
+    assert subjects.job("postcall") == "acme.rs.v1.jobs.postcall"
+    assert subjects.job_events("tr_1") == "acme.rs.v1.jobevents.tr_1"
+    assert (
+        subjects.webhook_delivery("tr_1.call.ended")
+        == "acme.rs.v1.webhooks.deliver.tr_1.call.ended"
+    )
+    assert subjects.webhooks == "acme.rs.v1.webhooks.>"
+    assert subjects.invite == "acme.rs.v1.invite"
+
+
+def test_every_service_error_has_the_one_body() -> None:
+    from protocol.errors import ErrorBody, ServiceError
+
+    error = ServiceError(503, ErrorCode.CAPACITY, "full", {"Retry-After": "5"})
+    body = ErrorBody.model_validate(error.body())
+    assert (body.error.code, body.error.message, error.status) == ("CAPACITY", "full", 503)

@@ -11,8 +11,8 @@ import nats
 import pytest
 
 from pipeline.jobs import JobKind, JobOptions, JobRecord, JobSource, JobState
-from pipeline.webhooks import EventType
 from protocol.transcript import Transcript
+from protocol.webhooks import WebhookEventType
 from tests.api_helpers import make_settings, running_api
 from tests.service_helpers import served
 
@@ -34,7 +34,7 @@ async def test_listing_logs_and_exports_create_no_consumers(nats_url: str, tmp_p
         await store.put_transcript(record.id, transcript)
         await store.put_file(record.id, "transcript.txt", b"hello\n" * 50_000)
         await store.transition(record.id, JobState.COMPLETED, results=["transcript.txt"])
-        await services.notifier.notify(record.id, EventType.TRANSCRIPT_DONE, {}, None)
+        await services.notifier.notify(record.id, WebhookEventType.TRANSCRIPT_DONE, {}, None)
         before = await _consumers(services.nc)
         for i in range(1_100):
             listed = await client.get("/v1/transcripts")
@@ -82,8 +82,8 @@ async def test_json_bodies_are_capped_and_must_arrive_in_time(
         },
         postcall={"run_worker": False},
     )
-    async with served(settings) as service, httpx.AsyncClient(base_url=service.url) as client:
-        port = int(service.url.rsplit(":", 1)[1])
+    async with served(settings) as service, httpx.AsyncClient(base_url=service.http_url) as client:
+        port = int(service.http_url.rsplit(":", 1)[1])
         started = time.monotonic()
         answer = await _raw(
             port,

@@ -17,8 +17,9 @@ import nats
 import pytest
 
 from config.settings import PostCallSettings
-from pipeline.download import DownloadError, check_url, download, is_public
-from pipeline.webhooks import EventType, Notifier, WebhookDispatcher
+from pipeline.url_fetch import DownloadError, check_url, download, is_public
+from pipeline.webhooks import Notifier, WebhookDispatcher
+from protocol.webhooks import WebhookEventType
 from tests.api_helpers import make_settings, running_api
 from tests.bridge_peers import bridge_settings, running_bridge
 
@@ -164,9 +165,9 @@ async def test_webhook_urls_are_checked_again_at_delivery(
                 port = receiver.url.rsplit(":", 1)[1]
                 dns["hooks.test"] = [["127.0.0.1"]]
                 await notifier.notify(
-                    "tr_a", EventType.TRANSCRIPT_DONE, {}, f"http://hooks.test:{port}/caller"
+                    "tr_a", WebhookEventType.TRANSCRIPT_DONE, {}, f"http://hooks.test:{port}/caller"
                 )
-                await notifier.notify("tr_b", EventType.TRANSCRIPT_DONE, {}, operator_url)
+                await notifier.notify("tr_b", WebhookEventType.TRANSCRIPT_DONE, {}, operator_url)
                 for _ in range(200):
                     if not await _pending(notifier, "tr_a", "tr_b"):
                         break

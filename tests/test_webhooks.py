@@ -11,15 +11,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from config.settings import PostCallSettings
-from pipeline.webhooks import (
-    SIGNATURE_HEADER,
-    EventType,
-    Notifier,
-    WebhookDispatcher,
-    backoff_delay,
-    sign,
-    verify,
-)
+from pipeline.webhooks import Notifier, WebhookDispatcher, backoff_delay
+from protocol.webhooks import SIGNATURE_HEADER, WebhookEventType, sign, verify
 from tests.webhook_receiver import webhook_receiver
 
 SECRET = "s3cret"
@@ -68,11 +61,13 @@ async def test_event_is_sent_once_signed_and_on_nats(nc: NatsClient) -> None:
         dispatcher = WebhookDispatcher(notifier, _settings(), allow_private=True)
         await dispatcher.start()
         try:
-            assert await notifier.notify("tr_1", EventType.TRANSCRIPT_DONE, {"n": 1}, receiver.url)
-            assert not await notifier.notify(
-                "tr_1", EventType.TRANSCRIPT_DONE, {"n": 2}, receiver.url
+            assert await notifier.notify(
+                "tr_1", WebhookEventType.TRANSCRIPT_DONE, {"n": 1}, receiver.url
             )
-            assert await notifier.notify("tr_1", EventType.TRANSCRIPT_FAILED, {"n": 3}, None)
+            assert not await notifier.notify(
+                "tr_1", WebhookEventType.TRANSCRIPT_DONE, {"n": 2}, receiver.url
+            )
+            assert await notifier.notify("tr_1", WebhookEventType.TRANSCRIPT_FAILED, {"n": 3}, None)
             (hit,) = await asyncio.to_thread(receiver.wait_for, 1)
             await asyncio.sleep(0.5)
             assert len(receiver.received) == 1
@@ -85,9 +80,9 @@ async def test_event_is_sent_once_signed_and_on_nats(nc: NatsClient) -> None:
     assert (event["type"], event["data"]) == ("transcript.done", {"n": 1})
     assert [json.loads(data)["type"] for data in seen] == ["transcript.done", "transcript.failed"]
     log = {d.event.type: d for d in await notifier.deliveries("tr_1")}
-    assert log[EventType.TRANSCRIPT_DONE].status == "delivered"
-    assert log[EventType.TRANSCRIPT_DONE].attempts[0].status_code == 200
-    assert log[EventType.TRANSCRIPT_FAILED].status == "no_url"
+    assert log[WebhookEventType.TRANSCRIPT_DONE].status == "delivered"
+    assert log[WebhookEventType.TRANSCRIPT_DONE].attempts[0].status_code == 200
+    assert log[WebhookEventType.TRANSCRIPT_FAILED].status == "no_url"
 
 
 async def test_failed_posts_are_retried_then_given_up(nc: NatsClient) -> None:
@@ -99,10 +94,10 @@ async def test_failed_posts_are_retried_then_given_up(nc: NatsClient) -> None:
         )
         await dispatcher.start()
         try:
-            await notifier.notify("tr_2", EventType.TRANSCRIPT_DONE, {}, receiver.url)
+            await notifier.notify("tr_2", WebhookEventType.TRANSCRIPT_DONE, {}, receiver.url)
             await asyncio.to_thread(receiver.wait_for, 3)
             receiver.fail_first = 100
-            await notifier.notify("tr_3", EventType.TRANSCRIPT_DONE, {}, receiver.url)
+            await notifier.notify("tr_3", WebhookEventType.TRANSCRIPT_DONE, {}, receiver.url)
             await asyncio.to_thread(receiver.wait_for, 6)
             await asyncio.sleep(0.6)
         finally:
@@ -120,7 +115,7 @@ async def test_pending_delivery_survives_a_restart(nc: NatsClient, nats_url: str
     notifier = await Notifier.open(nc, "rs-durable")
     with webhook_receiver() as receiver:
         # queued while no dispatcher runs, then the queue message is lost: only the KV record is left
-        await notifier.notify("tr_4", EventType.CALL_ENDED, {"call_id": "c1"}, receiver.url)
+        await notifier.notify("tr_4", WebhookEventType.CALL_ENDED, {"call_id": "c1"}, receiver.url)
         await notifier.queue("tr_4.call.ended")  # already queued: not queued twice
         assert (await nc.jetstream().stream_info(notifier.stream)).state.messages == 1
         await nc.jetstream().purge_stream(notifier.stream)

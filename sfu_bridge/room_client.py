@@ -17,6 +17,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from protocol.errors import ErrorCode
 from sfu_bridge.errors import BridgeError
 
 RATE = 16000
@@ -29,7 +30,7 @@ def host_address() -> str:
         for ip in adapter.ips:
             if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
                 return ip.ip
-    raise BridgeError(503, "NO_NETWORK", "no non-loopback IPv4 address: WebRTC needs one")
+    raise BridgeError(503, ErrorCode.NO_NETWORK, "no non-loopback IPv4 address: WebRTC needs one")
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Speech:
 
 
 @dataclass
-class Participant:
+class ScriptedParticipant:
     participant: str
     name: str | None = None
     language: str | None = None
@@ -56,7 +57,7 @@ class TimelineTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, participant: Participant) -> None:
+    def __init__(self, participant: ScriptedParticipant) -> None:
         super().__init__()
         length = int(participant.duration() * RATE)
         self.audio = np.zeros(length, np.int16)
@@ -92,7 +93,7 @@ class RoomPublisher:
         self,
         base_url: str,
         room: str,
-        participants: list[Participant],
+        participants: list[ScriptedParticipant],
         token: str | None = None,
         timeout_s: float = 20.0,
     ) -> None:
@@ -145,11 +146,13 @@ class RoomPublisher:
             await self._pc.close()
 
 
-def _code(reply: httpx.Response) -> str:
+def _code(reply: httpx.Response) -> ErrorCode:
+    """The code of the service's error body, ``HTTP_ERROR`` when there is none we know."""
     try:
-        return str(reply.json().get("code", "HTTP_ERROR"))
-    except ValueError:
-        return "HTTP_ERROR"
+        code = reply.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ErrorCode.HTTP_ERROR
+    return ErrorCode(code) if code in ErrorCode.__members__ else ErrorCode.HTTP_ERROR
 
 
 def _message(reply: httpx.Response) -> str:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from sfu_bridge import bridge_router
 from sfu_bridge.errors import BridgeError
-from sfu_bridge.publisher import Participant, RoomPublisher, Speech
+from sfu_bridge.room_client import RoomPublisher, ScriptedParticipant, Speech
 from tests.bridge_peers import (
     bridge_settings,
     finals,
@@ -56,7 +56,7 @@ async def test_publisher_errors_are_precise_and_a_good_publisher_is_captioned(
         app = FastAPI()
         app.include_router(bridge_router(bridge))
         async with served(app) as url:
-            alice = Participant("alice", "Alice", "en", [Speech(0.3, utterance(SHORT))])
+            alice = ScriptedParticipant("alice", "Alice", "en", [Speech(0.3, utterance(SHORT))])
 
             refused = RoomPublisher(url, "standup", [alice], token="wrong")
             with pytest.raises(BridgeError) as caught:

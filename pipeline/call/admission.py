@@ -14,11 +14,17 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from api.errors import ApiError
 from config.settings import LimitsSettings
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, ServiceError
 
 log = logging.getLogger(__name__)
+
+
+class CapacityError(ServiceError):
+    """503 with ``Retry-After``: every live stream slot is taken."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(503, ErrorCode.CAPACITY, message, {"Retry-After": str(retry_after_s)})
 
 
 class StreamKind(StrEnum):
@@ -122,12 +128,10 @@ class Admission:
             self._leases.discard(lease)
             self._active.labels(lease.kind).dec()
 
-    def capacity_error(self) -> ApiError:
-        return ApiError(
-            503,
-            ErrorCode.CAPACITY,
+    def capacity_error(self) -> CapacityError:
+        return CapacityError(
             f"all {self.max_streams} live streams are in use; retry in {self.retry_after_s} s",
-            headers={"Retry-After": str(self.retry_after_s)},
+            self.retry_after_s,
         )
 
     def check(self, kind: str) -> None:

@@ -18,6 +18,8 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from protocol.errors import ErrorCode
+
 MAX_REDIRECTS = 5
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -28,7 +30,7 @@ _LOW_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::
 class DownloadError(Exception):
     """``code`` is FORBIDDEN_URL, DOWNLOAD_FAILED or TOO_LARGE."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -58,13 +60,13 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise DownloadError("DOWNLOAD_FAILED", f"{host}: cannot resolve: {exc}") from exc
+        raise DownloadError(ErrorCode.DOWNLOAD_FAILED, f"{host}: cannot resolve: {exc}") from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         for address in addresses:
             if not is_public(address):
                 raise DownloadError(
-                    "FORBIDDEN_URL", f"{host} resolves to non-public address {address}"
+                    ErrorCode.FORBIDDEN_URL, f"{host} resolves to non-public address {address}"
                 )
     return addresses
 
@@ -74,9 +76,11 @@ def _check_shape(url: str) -> tuple[str, int]:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise DownloadError("FORBIDDEN_URL", f"{url!r}: invalid port") from exc
+        raise DownloadError(ErrorCode.FORBIDDEN_URL, f"{url!r}: invalid port") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DownloadError("FORBIDDEN_URL", f"{url!r}: only http(s) URLs with a host are accepted")
+        raise DownloadError(
+            ErrorCode.FORBIDDEN_URL, f"{url!r}: only http(s) URLs with a host are accepted"
+        )
     return parts.hostname, port
 
 
@@ -115,7 +119,7 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         raise error or httpcore.ConnectError(f"{host}: no address")
 
     async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise DownloadError("FORBIDDEN_URL", "unix sockets are not reachable")
+        raise DownloadError(ErrorCode.FORBIDDEN_URL, "unix sockets are not reachable")
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
@@ -153,13 +157,13 @@ async def read_capped(response: httpx.Response, max_bytes: int, what: str) -> by
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise DownloadError(
-            "TOO_LARGE", f"{what}: {declared} bytes is over the {max_bytes} byte limit"
+            ErrorCode.TOO_LARGE, f"{what}: {declared} bytes is over the {max_bytes} byte limit"
         )
     body = bytearray()
     async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > max_bytes:
-            raise DownloadError("TOO_LARGE", f"{what}: more than {max_bytes} bytes")
+            raise DownloadError(ErrorCode.TOO_LARGE, f"{what}: more than {max_bytes} bytes")
     return bytes(body)
 
 
@@ -175,13 +179,18 @@ async def download(url: str, max_bytes: int, timeout_s: float, allow_private: bo
                         continue
                     if response.status_code != 200:
                         raise DownloadError(
-                            "DOWNLOAD_FAILED", f"GET {url} answered HTTP {response.status_code}"
+                            ErrorCode.DOWNLOAD_FAILED,
+                            f"GET {url} answered HTTP {response.status_code}",
                         )
                     return await read_capped(response, max_bytes, url)
-            raise DownloadError("DOWNLOAD_FAILED", f"{url}: more than {MAX_REDIRECTS} redirects")
+            raise DownloadError(
+                ErrorCode.DOWNLOAD_FAILED, f"{url}: more than {MAX_REDIRECTS} redirects"
+            )
     except TimeoutError as exc:
         raise DownloadError(
-            "DOWNLOAD_FAILED", f"{url}: no complete answer within {timeout_s:.0f} s"
+            ErrorCode.DOWNLOAD_FAILED, f"{url}: no complete answer within {timeout_s:.0f} s"
         ) from exc
     except httpx.HTTPError as exc:
-        raise DownloadError("DOWNLOAD_FAILED", f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise DownloadError(
+            ErrorCode.DOWNLOAD_FAILED, f"{url}: {type(exc).__name__}: {exc}"
+        ) from exc
