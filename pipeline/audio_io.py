@@ -7,6 +7,7 @@ import av
 import numpy as np
 
 from pipeline.pcm import SAMPLE_RATE, Resampler
+from protocol.errors import ErrorCode
 
 __all__ = ["SAMPLE_RATE", "AudioDecodeError", "decode_file"]
 
@@ -29,26 +30,29 @@ def decode_file(source: str | Path | BinaryIO, max_seconds: float | None = None)
     name = str(source) if isinstance(source, str | Path) else getattr(source, "name", "upload")
     if isinstance(source, str | Path):
         if not Path(source).exists():
-            raise AudioDecodeError("NOT_FOUND", f"{name}: no such file")
+            raise AudioDecodeError(ErrorCode.NOT_FOUND, f"{name}: no such file")
         if Path(source).stat().st_size == 0:
-            raise AudioDecodeError("EMPTY_AUDIO", f"{name}: the file is empty")
+            raise AudioDecodeError(ErrorCode.EMPTY_AUDIO, f"{name}: the file is empty")
     try:
         container = av.open(str(source) if isinstance(source, Path) else source, mode="r")
     except av.error.InvalidDataError as exc:  # type: ignore[attr-defined]
         if _head(source)[4:8] == b"ftyp":
             raise AudioDecodeError(
-                "INVALID_AUDIO", f"{name}: truncated or corrupt MP4/M4A (no readable moov box)"
+                ErrorCode.INVALID_AUDIO,
+                f"{name}: truncated or corrupt MP4/M4A (no readable moov box)",
             ) from exc
         raise AudioDecodeError(
-            "UNSUPPORTED_FORMAT", f"{name}: not a recognised audio format"
+            ErrorCode.UNSUPPORTED_FORMAT, f"{name}: not a recognised audio format"
         ) from exc
     except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
-        raise AudioDecodeError("UNSUPPORTED_FORMAT", f"{name}: cannot open: {exc}") from exc
+        raise AudioDecodeError(ErrorCode.UNSUPPORTED_FORMAT, f"{name}: cannot open: {exc}") from exc
     chunks: list[np.ndarray] = []
     total = 0
     with container:
         if not container.streams.audio:
-            raise AudioDecodeError("UNSUPPORTED_FORMAT", f"{name}: contains no audio stream")
+            raise AudioDecodeError(
+                ErrorCode.UNSUPPORTED_FORMAT, f"{name}: contains no audio stream"
+            )
         stream = container.streams.audio[0]
         resampler = Resampler()
         try:
@@ -58,14 +62,18 @@ def decode_file(source: str | Path | BinaryIO, max_seconds: float | None = None)
                     chunks.append(data)
                     total += data.size
                 if max_seconds is not None and total > max_seconds * SAMPLE_RATE:
-                    raise AudioDecodeError("TOO_LARGE", f"{name}: longer than {max_seconds:.0f} s")
+                    raise AudioDecodeError(
+                        ErrorCode.TOO_LARGE, f"{name}: longer than {max_seconds:.0f} s"
+                    )
             chunks.append(resampler.flush())
         except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
             if not chunks:
-                raise AudioDecodeError("INVALID_AUDIO", f"{name}: corrupt audio: {exc}") from exc
+                raise AudioDecodeError(
+                    ErrorCode.INVALID_AUDIO, f"{name}: corrupt audio: {exc}"
+                ) from exc
     samples = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
     if samples.size == 0:
-        raise AudioDecodeError("EMPTY_AUDIO", f"{name}: contains no audio samples")
+        raise AudioDecodeError(ErrorCode.EMPTY_AUDIO, f"{name}: contains no audio samples")
     return samples
 
 

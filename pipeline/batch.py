@@ -50,7 +50,7 @@ async def source_audio(ctx: JobContext) -> bytes:
     try:
         return await ctx.store.get_file(ctx.record.id, "audio")
     except JobNotFoundError as exc:
-        raise JobFailure("NOT_FOUND", "the job's audio is gone (deleted?)") from exc
+        raise JobFailure(ErrorCode.NOT_FOUND, "the job's audio is gone (deleted?)") from exc
 
 
 def declared_seconds(data: bytes | Path) -> float | None:
@@ -95,7 +95,7 @@ async def decode(data: bytes | Path, name: str, check_length: bool = False) -> n
     clearly less than its header declares (a truncated upload) fails with INVALID_AUDIO."""
     size = await asyncio.to_thread(os.path.getsize, data) if isinstance(data, Path) else len(data)
     if size == 0:
-        raise JobFailure("EMPTY_AUDIO", f"{name}: the file is empty (0 bytes)")
+        raise JobFailure(ErrorCode.EMPTY_AUDIO, f"{name}: the file is empty (0 bytes)")
     source: Path | io.BytesIO = data if isinstance(data, Path) else io.BytesIO(data)
     if isinstance(source, io.BytesIO):
         source.name = name
@@ -108,14 +108,14 @@ async def decode(data: bytes | Path, name: str, check_length: bool = False) -> n
         decoded = samples.size / SAMPLE_RATE
         if await asyncio.to_thread(_ogg_cut, data):
             raise JobFailure(
-                "INVALID_AUDIO",
+                ErrorCode.INVALID_AUDIO,
                 f"{name}: truncated: the Ogg stream ends before its last page "
                 f"(only {decoded:.1f} s decode)",
             )
         if is_truncated(declared, decoded):
             assert declared is not None
             raise JobFailure(
-                "INVALID_AUDIO",
+                ErrorCode.INVALID_AUDIO,
                 f"{name}: truncated: its header declares {declared:.1f} s but only {decoded:.1f} s decode",
             )
     return samples
@@ -150,7 +150,7 @@ async def recognize(
     try:
         return await asyncio.to_thread(run)
     except ModelNotFoundError as exc:
-        raise JobFailure("MODEL_NOT_FOUND", str(exc)) from exc
+        raise JobFailure(ErrorCode.MODEL_NOT_FOUND, str(exc)) from exc
     except EngineError as exc:
         raise JobFailure(exc.code, str(exc)) from exc
 

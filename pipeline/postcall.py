@@ -105,7 +105,7 @@ async def _repass(ctx: JobContext, call: CallRecord) -> Transcript:
         try:
             samples = await decode(path, path.name)
         except JobFailure as exc:
-            if exc.code == "EMPTY_AUDIO":
+            if exc.code == ErrorCode.EMPTY_AUDIO:
                 return None  # joined and left without a sample
             raise
         return await recognize(

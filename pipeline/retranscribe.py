@@ -61,7 +61,7 @@ async def _speaker_audio(
         )
         return piece, participant.offset + at
     raise JobFailure(
-        "NOT_FOUND", f"no recording of {segment.speaker!r} covers segment {segment.id}"
+        ErrorCode.NOT_FOUND, f"no recording of {segment.speaker!r} covers segment {segment.id}"
     )
 
 
