@@ -236,7 +236,7 @@ async def test_janus_join_is_guarded_bounded_and_never_reflects_upstream(
 
             async def join(url: str) -> tuple[int, dict[str, str]]:
                 response = await client.post("/v1/janus/join", json={"url": url, "room": 7})
-                return response.status_code, response.json()
+                return response.status_code, response.json()["error"]
 
             assert await join(canary.url) == (
                 400,
@@ -277,12 +277,12 @@ async def test_janus_join_is_guarded_bounded_and_never_reflects_upstream(
         async with running_bridge(any_url) as (_, client, _sink):
             refused = await client.post("/v1/janus/join", json={"url": canary.url, "room": 1})
             assert refused.status_code == 400
-            assert refused.json() == {
+            assert refused.json()["error"] == {
                 "code": "FORBIDDEN_URL",
                 "message": "url: 127.0.0.1 resolves to non-public address 127.0.0.1",
             }
             bad = await client.post("/v1/janus/join", json={"url": "ftp://x/janus", "room": 1})
-            assert bad.status_code == 400 and bad.json()["code"] == "FORBIDDEN_URL"
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "FORBIDDEN_URL"
         assert canary.seen == []
 
 
@@ -298,7 +298,7 @@ async def test_callers_ice_servers_pass_the_guard(tmp_path: Path) -> None:
                 json={"room": "r", "sdp": "v=0", "ice_servers": [{"urls": [url]}]},
             )
             assert refused.status_code == 400, refused.text
-            assert refused.json() == {
+            assert refused.json()["error"] == {
                 "code": "FORBIDDEN_URL",
                 "message": f"ice_servers: {address} resolves to non-public address {address}",
             }
@@ -306,7 +306,9 @@ async def test_callers_ice_servers_pass_the_guard(tmp_path: Path) -> None:
             "/v1/sessions",
             json={"room": "r", "sdp": "v=0", "ice_servers": [{"urls": "http://stun.example"}]},
         )
-        assert malformed.status_code == 400 and malformed.json()["code"] == "INVALID_REQUEST"
+        assert (
+            malformed.status_code == 400 and malformed.json()["error"]["code"] == "INVALID_REQUEST"
+        )
         assert not bridge.peers
 
 
