@@ -64,7 +64,7 @@ _SAME_SAMPLES = 800  # stretches whose edges agree to 50 ms share one embedding
 _MAX_JOINT = 4  # overlapping units assigned jointly; more (rare) take their best clusters
 _MAX_CLUSTERED = 3000
 MIN_SPEAKER_S = 1.0
-THRESHOLD = 0.24
+THRESHOLD = 0.26
 
 
 class ModelDirError(ModelNotFoundError):
