@@ -8,6 +8,7 @@ beside roomscribe's live engine and batch pass on the same audio.
 import re
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 import jiwer
@@ -96,8 +97,9 @@ def main() -> None:
 
         def live_run(given: str | None, audio: np.ndarray = audio) -> tuple[str, str]:
             finals = live.transcribe(audio, given)
-            return " ".join(h.text for h in finals), next(
-                (h.language or "" for h in finals if h.language), ""
+            found = Counter(h.language or "?" for h in finals if h.text.strip())
+            return " ".join(h.text for h in finals), ", ".join(
+                f"{code} x{n}" for code, n in found.most_common()
             )
 
         def batch_run(given: str | None, audio: np.ndarray = audio) -> tuple[str, str]:

