@@ -10,6 +10,7 @@ rebuilds who speaks at each frame. The models come from
 """
 
 import itertools
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ _MIN_EMBEDDING_FRAMES = 18
 _CLUSTER_FRAMES = 59
 _BRIDGE_FRAMES = 6  # pauses of 0.1 s or less do not split a stretch of speech
 _SAME_SAMPLES = 800  # stretches whose edges agree to 50 ms share one embedding
-_MAX_JOINT = 4  # overlapping units assigned jointly; more (rare) take their best clusters
+_MAX_JOINT = 5000  # assignments tried for units that overlap; beyond, greedily
 _MAX_CLUSTERED = 3000
 MIN_SPEAKER_S = 1.0
 THRESHOLD = 0.26
@@ -535,13 +536,15 @@ def assign(units: Units, centroids: np.ndarray) -> np.ndarray:
             continue
         scores = similarity[rows]
         choice: Sequence[int]
-        if len(rows) > clusters or len(rows) > _MAX_JOINT:
+        if len(rows) > clusters:
             choice = scores.argmax(axis=1).tolist()
-        else:
+        elif math.perm(clusters, len(rows)) <= _MAX_JOINT:
             choice = max(
                 itertools.permutations(range(clusters), len(rows)),
                 key=lambda combo: sum(scores[i, c] for i, c in enumerate(combo)),
             )
+        else:
+            choice = _greedy_distinct(scores)
         labels[rows] = choice
     spans = units.spans
     for row in np.flatnonzero(~units.embedded):
@@ -551,6 +554,18 @@ def assign(units: Units, centroids: np.ndarray) -> np.ndarray:
             gaps = np.maximum(spans[kin, 2] - end, 0) + np.maximum(begin - spans[kin, 3], 0)
             labels[row] = labels[kin[int(gaps.argmin())]]
     return labels
+
+
+def _greedy_distinct(scores: np.ndarray) -> list[int]:
+    """Rows to different columns, the most similar pairs first."""
+    choice = [-1] * scores.shape[0]
+    taken: set[int] = set()
+    for flat in np.argsort(-scores, axis=None):
+        row, column = divmod(int(flat), scores.shape[1])
+        if choice[row] < 0 and column not in taken:
+            choice[row] = column
+            taken.add(column)
+    return choice
 
 
 def _overlapping(units: Units) -> list[list[int]]:

@@ -20,6 +20,8 @@ from engines.diarization import (
     InvalidSpeakerCountError,
     ModelDirError,
     Turn,
+    Units,
+    assign,
     assign_words,
     cluster,
     default_model_dir,
@@ -365,3 +367,16 @@ def test_der_helper() -> None:
     assert diarization_error_rate(ref, [(0.0, 2.0, "x")]) == pytest.approx(0.5)
     assert diarization_error_rate(ref, [(0.0, 4.0, "x"), (0.0, 4.0, "y")]) == pytest.approx(1.0)
     assert diarization_error_rate(ref, [(0.0, 2.1, "x"), (2.1, 4.0, "y")], collar=0.25) == 0.0
+
+
+def test_many_expected_speakers_keep_assignment_cheap() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((6, 192))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    spans = np.array([[0, s, 0, 50] for s in range(3)] + [[1, s, 0, 50] for s in range(3)])
+    units = Units(spans, vectors, np.ones(6, bool), np.ones(6, bool), np.ones(6))
+    centroids = cluster(vectors, np.full(6, 2.0), 6, THRESHOLD)
+    started = time.perf_counter()
+    labels = assign(units, np.vstack([centroids] * 5))  # 30 clusters: greedy, not 24,360 tries
+    assert time.perf_counter() - started < 1.0
+    assert len(set(labels[:3].tolist())) == 3 and len(set(labels[3:].tolist())) == 3
