@@ -1,5 +1,6 @@
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -254,6 +255,20 @@ def test_bad_audio_is_rejected(diarizer: Diarizer, sample_audio: np.ndarray) -> 
     assert info.value.code == "INVALID_REQUEST"
     # The diarizer still works after rejecting input.
     assert diarizer.diarize(sample_audio[6 * 16000 : 12 * 16000])
+
+
+def test_diarizing_leaves_the_gil_to_other_threads(
+    diarizer: Diarizer, sample_audio: np.ndarray
+) -> None:
+    worker = threading.Thread(target=diarizer.diarize, args=(sample_audio,))
+    longest, last = 0.0, time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.001)
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    print(f"longest stall of another thread while diarizing: {longest * 1000:.0f} ms")
+    assert longest < 0.2
 
 
 def test_silence_and_tiny_input_give_no_turns(diarizer: Diarizer) -> None:
