@@ -68,7 +68,7 @@ from api.admission import Admission, Lease, StreamKind
 from api.errors import ApiError, errors
 from api.metrics import ApiMetrics
 from config.settings import Settings
-from engines.base import SAMPLE_RATE, Engine
+from engines.base import SAMPLE_RATE, Engine, ModelNotFoundError
 from engines.models import UnsupportedLanguageError
 from pipeline.call import CallSession
 from pipeline.jobs import JobKind, JobOptions, JobRecord, JobSource, JobState, JobStore, new_job_id
@@ -331,6 +331,8 @@ class ListenSession:
             self.engine, self.language = await self.runtime.engine_for(self.start.language)
         except UnsupportedLanguageError as exc:
             raise Refusal(ErrorCode.INVALID_REQUEST, str(exc), CLOSE_UNSUPPORTED) from exc
+        except ModelNotFoundError as exc:  # the multilingual model is not installed here
+            raise Refusal(ErrorCode.MODEL_NOT_FOUND, str(exc), CLOSE_UNSUPPORTED) from exc
         if not self.tap.attach(self.room, self.participant, self._route):
             raise Refusal(
                 ErrorCode.INVALID_CONFIG,

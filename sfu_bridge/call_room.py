@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import ModelNotFoundError
 from engines.models import UnsupportedLanguageError
 from pipeline.call import CallSession
 from pipeline.recorder import CallRecord
@@ -123,11 +124,11 @@ class CallRoom:
                 self._leases[speaker.participant] = lease
             try:
                 stream = await call.join(speaker.participant, speaker.name, speaker.language)
-            except UnsupportedLanguageError as exc:
+            except (UnsupportedLanguageError, ModelNotFoundError) as exc:
                 self._release(speaker.participant)
                 self.runtime.sink.emit(
                     ErrorFrame(
-                        code=ErrorCode.INVALID_REQUEST,
+                        code=ErrorCode(exc.code),
                         message=f"this track is not captioned: {exc}",
                         room=self.room,
                         participant=speaker.participant,

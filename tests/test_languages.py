@@ -295,3 +295,15 @@ def _write_wav(path: Path, samples: np.ndarray) -> None:
         out.setsampwidth(2)
         out.setframerate(16000)
         out.writeframes(samples.astype("<i2").tobytes())
+
+
+async def test_listen_says_when_the_multilingual_model_is_missing(
+    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
+) -> None:
+    start = {"type": "start", "sample_rate": 16000, "channels": 1, "language": "de"}
+    missing = {"multilingual_model": "no-such-model"}
+    async with listen_server(nats_url, tmp_path, scheduler, live=missing) as server:
+        session = await run_session(server.ws_url, start)
+    assert session.error["code"] == "MODEL_NOT_FOUND"
+    assert "no-such-model" in session.error["message"]
+    assert session.close_code == 1003
