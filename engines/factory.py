@@ -52,7 +52,10 @@ def load_engine(name: str, settings: Settings, *, multilingual: bool = False) ->
             max_utterance_s=live.max_utterance_s,
             vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
         )
-        final = resolve(live.final_model, settings.data_dir) if live.final_model else None
+        # The multilingual engine is the stronger model already; an English final model
+        # would turn its finals into English.
+        final_name = None if multilingual else live.final_model
+        final = resolve(final_name, settings.data_dir) if final_name else None
         if final is not None and (final.kind != "whisper" or not final.present):
             raise ModelNotFoundError(
                 final.name, "live.final_model must be a Whisper model that is present"
