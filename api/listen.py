@@ -4,6 +4,8 @@ Text frames are JSON. The client sends
 
 1. ``{"type": "start", "sample_rate": 16000, "channels": 1, "encoding": "pcm_s16le",
    "language": "en", "interim_results": true, "room"?, "participant"?, "name"?}``;
+   ``language`` defaults to ``live.language``; ``auto`` detects it; a language the live
+   model does not know is served by ``live.multilingual_model``;
 2. binary frames of little-endian 16-bit PCM, any size (a frame may split a sample);
 3. ``{"type": "end"}``.
 
@@ -27,8 +29,10 @@ code                          close code   when
 ``PROTOCOL``                  1008         binary before start, non-JSON text, unknown
                                            message type, no start within the idle timeout
 ``INVALID_CONFIG``            1003         malformed start, unsupported encoding, sample
-                                           rate, channel count or language (1008: the room's
+                                           rate or channel count (1008: the room's
                                            participant id is already streaming)
+``INVALID_REQUEST``           1003         a ``language`` no live model recognizes; the
+                                           message names the models that do
 ``MAX_DURATION_REACHED``      4002         ``limits.max_stream_s`` of audio or wall clock:
                                            sent first, then the finals and ``completed``
 (no error frame)              4003         no audio for ``limits.idle_timeout_s``:
@@ -64,7 +68,8 @@ from api.admission import Admission, Lease, StreamKind
 from api.errors import ApiError, errors
 from api.metrics import ApiMetrics
 from config.settings import Settings
-from engines.base import SAMPLE_RATE
+from engines.base import SAMPLE_RATE, Engine, ModelNotFoundError
+from engines.models import UnsupportedLanguageError
 from pipeline.call import CallSession
 from pipeline.jobs import JobKind, JobOptions, JobRecord, JobSource, JobState, JobStore, new_job_id
 from pipeline.results import store_results
@@ -306,6 +311,8 @@ class ListenSession:
         self.outbox = _Outbox()
         self.connected = True
         self._pcm = PcmInput(start.sample_rate, start.channels)
+        self.engine: Engine = runtime.engine
+        self.language: str | None = None
         self._max_samples = int(lease.max_duration_s * SAMPLE_RATE)
 
     def _route(self, frame: AnyFrame) -> None:
@@ -320,15 +327,12 @@ class ListenSession:
             self.outbox.put(frame.model_dump_json())
 
     async def run(self) -> None:
-        languages = self.runtime.engine.info.languages
-        language = self.start.language
-        if language and "*" not in languages and language not in languages:
-            raise Refusal(
-                ErrorCode.INVALID_CONFIG,
-                f"language {language!r} is not recognized by the live model "
-                f"{self.runtime.engine.info.name} ({', '.join(languages)})",
-                CLOSE_UNSUPPORTED,
-            )
+        try:
+            self.engine, self.language = await self.runtime.engine_for(self.start.language)
+        except UnsupportedLanguageError as exc:
+            raise Refusal(ErrorCode.INVALID_REQUEST, str(exc), CLOSE_UNSUPPORTED) from exc
+        except ModelNotFoundError as exc:  # the multilingual model is not installed here
+            raise Refusal(ErrorCode.MODEL_NOT_FOUND, str(exc), CLOSE_UNSUPPORTED) from exc
         if not self.tap.attach(self.room, self.participant, self._route):
             raise Refusal(
                 ErrorCode.INVALID_CONFIG,
@@ -343,7 +347,9 @@ class ListenSession:
     async def _run_call(self) -> None:
         call = CallSession(self.runtime, self.room)
         await call.start()
-        stream = call.add_participant(self.participant, self.start.name, self.start.language)
+        stream = call.add_participant(
+            self.participant, self.start.name, self.language, engine=self.engine
+        )
         ready = {
             "type": "ready",
             "session_id": self.session_id,
@@ -434,9 +440,8 @@ class ListenSession:
             return False
         transcript = Transcript(
             id=self.job_id,
-            language=self.start.language
-            or next((f.language for f in self.finals if f.language), None),
-            model=self.runtime.engine.info.name,
+            language=self.language or next((f.language for f in self.finals if f.language), None),
+            model=self.engine.info.name,
             duration=round(duration, 3),
             speakers=[Speaker(id=self.participant, name=self.start.name)],
             segments=[
@@ -465,7 +470,7 @@ class ListenSession:
                     created_at=now,
                     updated_at=now,
                     source=JobSource(type="call", call_id=call_id),
-                    options=JobOptions(language=self.start.language),
+                    options=JobOptions(language=self.language),
                     results=results,
                 )
             )

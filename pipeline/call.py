@@ -6,6 +6,7 @@ import time
 import uuid
 from enum import StrEnum
 
+from engines.base import Engine
 from pipeline.recorder import CallRecord, CallRecorder
 from pipeline.runtime import LiveRuntime
 from pipeline.speaker_stream import Participant, SpeakerStream
@@ -63,14 +64,30 @@ class CallSession:
             )
         )
 
-    def add_participant(
+    async def join(
         self,
         participant: str,
         name: str | None = None,
         language: str | None = None,
         offset: float | None = None,
     ) -> SpeakerStream:
-        """A new speaker stream whose first sample is at call time ``offset`` (default: now)."""
+        """:meth:`add_participant` on the live engine that recognizes ``language`` (None: the
+        configured live language, "auto": detected); raises
+        :class:`engines.models.UnsupportedLanguageError` when no live model does."""
+        engine, language = await self.runtime.engine_for(language)
+        return self.add_participant(participant, name, language, offset, engine=engine)
+
+    def add_participant(
+        self,
+        participant: str,
+        name: str | None = None,
+        language: str | None = None,
+        offset: float | None = None,
+        *,
+        engine: Engine | None = None,
+    ) -> SpeakerStream:
+        """A new speaker stream whose first sample is at call time ``offset`` (default: now),
+        on ``engine`` (default: the runtime's live engine)."""
         if self.state != CallState.OPEN:
             raise CallEndedError(self.call_id)
         if participant in self.participants:
@@ -80,7 +97,7 @@ class CallSession:
         start = self.elapsed if offset is None else offset
         stream = SpeakerStream(
             Participant(self.room, participant, name, language),
-            self.runtime.engine,
+            engine or self.runtime.engine,
             self.runtime.scheduler,
             self.runtime.sink,
             offset=start,

@@ -1,13 +1,15 @@
 """What every call in the process shares: settings, the live engine, the decode scheduler,
 the frame sink and the hooks run when a call ends."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from config import Settings
 from engines.base import Engine
-from engines.factory import decode_threads, load_engine
+from engines.factory import decode_threads, load_engine, pick_live_model
+from engines.models import check_language
 from engines.scheduler import DecodeScheduler
 from pipeline.recorder import CallRecord
 from pipeline.sink import FrameSink
@@ -38,6 +40,24 @@ class LiveRuntime:
         self.subjects = Subjects(settings.nats.subject_prefix)
         self.call_ended_hooks: list[CallEndedHook] = []
         self.admission: StreamGate | None = None
+        self._engines: dict[str, Engine] = {engine.info.name: engine}
+        self._loading = asyncio.Lock()
+
+    async def engine_for(self, language: str | None) -> tuple[Engine, str | None]:
+        """The live engine for a stream in ``language`` (None: ``live.language``) and the
+        language to give its stream (None: detect). Streams the live model cannot serve
+        get ``live.multilingual_model``, loaded on first use in a thread. Raises
+        :class:`engines.models.UnsupportedLanguageError` when neither recognizes it."""
+        name, stream_language = pick_live_model(self.settings, self.engine, language)
+        if name not in self._engines:
+            async with self._loading:
+                if name not in self._engines:
+                    self._engines[name] = await asyncio.to_thread(
+                        load_engine, name, self.settings, multilingual=True
+                    )
+        engine = self._engines[name]
+        check_language(name, stream_language, engine.info.languages)
+        return engine, stream_language
 
     @classmethod
     async def create(

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import ModelNotFoundError
+from engines.models import UnsupportedLanguageError
 from pipeline.call import CallSession
 from pipeline.recorder import CallRecord
 from pipeline.runtime import LiveRuntime
@@ -120,7 +122,19 @@ class CallRoom:
                     )
                     return None
                 self._leases[speaker.participant] = lease
-            stream = call.add_participant(speaker.participant, speaker.name, speaker.language)
+            try:
+                stream = await call.join(speaker.participant, speaker.name, speaker.language)
+            except (UnsupportedLanguageError, ModelNotFoundError) as exc:
+                self._release(speaker.participant)
+                self.runtime.sink.emit(
+                    ErrorFrame(
+                        code=ErrorCode(exc.code),
+                        message=f"this track is not captioned: {exc}",
+                        room=self.room,
+                        participant=speaker.participant,
+                    )
+                )
+                return None
             return ParticipantTarget(self, speaker, stream)
 
     def _release(self, participant: str) -> None:
