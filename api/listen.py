@@ -4,6 +4,8 @@ Text frames are JSON. The client sends
 
 1. ``{"type": "start", "sample_rate": 16000, "channels": 1, "encoding": "pcm_s16le",
    "language": "en", "interim_results": true, "room"?, "participant"?, "name"?}``;
+   ``language`` defaults to ``live.language``; ``auto`` detects it; a language the live
+   model does not know is served by ``live.multilingual_model``;
 2. binary frames of little-endian 16-bit PCM, any size (a frame may split a sample);
 3. ``{"type": "end"}``.
 
@@ -27,8 +29,10 @@ code                          close code   when
 ``PROTOCOL``                  1008         binary before start, non-JSON text, unknown
                                            message type, no start within the idle timeout
 ``INVALID_CONFIG``            1003         malformed start, unsupported encoding, sample
-                                           rate, channel count or language (1008: the room's
+                                           rate or channel count (1008: the room's
                                            participant id is already streaming)
+``INVALID_REQUEST``           1003         a ``language`` no live model recognizes; the
+                                           message names the models that do
 ``MAX_DURATION_REACHED``      4002         ``limits.max_stream_s`` of audio or wall clock:
                                            sent first, then the finals and ``completed``
 (no error frame)              4003         no audio for ``limits.idle_timeout_s``:
@@ -60,7 +64,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from api.errors import ApiError, errors
 from api.metrics import ApiMetrics
 from config.settings import Settings
-from engines.base import SAMPLE_RATE
+from engines.base import SAMPLE_RATE, Engine, ModelNotFoundError
+from engines.models import UnsupportedLanguageError
 from pipeline.call import (
     Admission,
     CallLimits,
@@ -214,6 +219,8 @@ class ListenSession:
         self._tasks = TaskSet(f"listen {self.session_id}")
         self._pcm = PcmInput(start.sample_rate, start.channels)
         self._max_samples = int(self.max_duration_s * SAMPLE_RATE)
+        self.engine: Engine = runtime.engine
+        self.language: str | None = None
 
     def emit(self, frame: AnyFrame) -> None:
         """The participant's own frames (a :class:`FrameSink` for the call), for the socket."""
@@ -225,15 +232,12 @@ class ListenSession:
             self.outbox.put(frame.model_dump_json())
 
     async def run(self) -> None:
-        languages = self.runtime.engine.info.languages
-        language = self.start.language
-        if language and "*" not in languages and language not in languages:
-            raise Refusal(
-                ErrorCode.INVALID_CONFIG,
-                f"language {language!r} is not recognized by the live model "
-                f"{self.runtime.engine.info.name} ({', '.join(languages)})",
-                CLOSE_UNSUPPORTED,
-            )
+        try:
+            self.engine, self.language = await self.runtime.engine_for(self.start.language)
+        except UnsupportedLanguageError as exc:
+            raise Refusal(ErrorCode.INVALID_REQUEST, str(exc), CLOSE_UNSUPPORTED) from exc
+        except ModelNotFoundError as exc:  # the multilingual model is not installed here
+            raise Refusal(ErrorCode.MODEL_NOT_FOUND, str(exc), CLOSE_UNSUPPORTED) from exc
         if (self.room, self.participant) in self.streaming:
             raise Refusal(
                 ErrorCode.INVALID_CONFIG,
@@ -253,9 +257,10 @@ class ListenSession:
             stream = await call.admit(
                 self.participant,
                 self.start.name,
-                self.start.language,
+                self.language,
                 StreamKind.WEBSOCKET,
                 frames=self,
+                engine=self.engine,
             )
         except CapacityError as exc:
             await call.end("refused")

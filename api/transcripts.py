@@ -23,7 +23,12 @@ from api.services import Services
 from api.uploads import read_upload
 from engines.ask import AskError, ask
 from engines.base import ModelNotFoundError
-from engines.models import check_caller_model
+from engines.models import (
+    UnsupportedLanguageError,
+    check_caller_model,
+    check_language,
+    normalize_language,
+)
 from engines.redaction import ALL_KINDS
 from pipeline.jobs import (
     JobKind,
@@ -264,16 +269,31 @@ _CREATE_BODY = {
 }
 
 
+def _checked_language(model: str, language: str | None) -> str | None:
+    """``language`` as the models know it (None for ``auto``), if ``model`` recognizes it.
+    No language at all is the model's business (an English-only model hears English)."""
+    if language is None:
+        return None
+    code = normalize_language(language)
+    try:
+        check_language(model, code)
+    except UnsupportedLanguageError as exc:
+        raise ApiError(422, ErrorCode.INVALID_REQUEST, str(exc)) from exc
+    return code
+
+
 async def _submit_batch(
     services: Services, options: TranscriptOptions, source: JobSource, audio: BinaryIO | None
 ) -> JobRecord:
     await _checked_model(options.model, services)
     if options.webhook_url:
         await _checked_url(options.webhook_url, services, "webhook_url")
+    job = options.job_options()
+    language = _checked_language(job.model or services.settings.postcall.batch_model, job.language)
     record = JobRecord.queued(
         JobKind.BATCH,
         source,
-        options.job_options(),
+        job.model_copy(update={"language": language}),
         options.webhook_url or services.settings.postcall.webhook_url,
     )
     return await services.store.submit(record, audio)
@@ -459,7 +479,7 @@ async def transcribe_call(request: Request, call_id: str) -> JSONResponse:
         await _checked_url(body.webhook_url, services, "webhook_url")
     options = JobOptions(
         model=body.model,
-        language=body.language,
+        language=_checked_language(body.model or settings.postcall.model, body.language),
         summarize=settings.postcall.summarize if body.summarize is None else body.summarize,
         redact_pii=settings.postcall.redact_pii if body.redact_pii is None else body.redact_pii,
     )

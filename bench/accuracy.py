@@ -291,10 +291,10 @@ def run_set(name: str, meeting: Meeting, settings: Settings, models: WhisperMode
             realtime = finals
         else:
             fast_finals = finals
-        name = "live realtime" if is_realtime else "live max"
+        system = "live realtime" if is_realtime else "live max"
         if settings.live.final_model:
-            name += f" finals={settings.live.final_model}"
-        emit({"system": name, **row})
+            system += f" finals={settings.live.final_model}"
+        emit({"system": system, **row})
     assert realtime is not None and fast_finals is not None
     differing = sum(
         normalize(a) != normalize(b)

@@ -25,7 +25,13 @@ class LiveSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: CUDA when a device is visible, else CPU"
     )
-    language: str = "en"
+    language: str = Field(
+        default="en", description="of streams that name none; auto = detect per utterance"
+    )
+    multilingual_model: str = Field(
+        default="whisper-base",
+        description="streams whose language the live model does not know (or auto) use this",
+    )
     decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
     partial_interval_s: float = Field(default=0.6, gt=0)
     max_partial_interval_s: float = Field(default=3.0, gt=0)

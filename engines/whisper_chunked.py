@@ -51,6 +51,9 @@ HOLD_BACK_WORDS = 1
 AGREEING = 2
 # nothing is committed before this much of the utterance is heard (its first word settles)
 MIN_COMMIT_S = 1.5
+# a decode with fewer words than this per second of audio skipped some (often the first
+# words of a turn): nothing is committed from it
+MIN_COMMIT_WORDS_PER_S = 1.2
 
 
 @dataclass
@@ -469,7 +472,13 @@ class WhisperStream(EngineStream):
         )
         fresh = cut_repetition(text.split())[len(committed) :]
         agreed = 0
-        if samples.size >= MIN_COMMIT_S * SAMPLE_RATE and len(utterance.earlier) >= AGREEING - 1:
+        heard = samples.size / SAMPLE_RATE - 0.5
+        sparse = len(committed) + len(fresh) < MIN_COMMIT_WORDS_PER_S * heard
+        if (
+            samples.size >= MIN_COMMIT_S * SAMPLE_RATE
+            and not sparse
+            and len(utterance.earlier) >= AGREEING - 1
+        ):
             decodes = [d[:-HOLD_BACK_WORDS] for d in [*utterance.earlier, fresh]]
             for column in zip(*decodes, strict=False):
                 if len({_norm(word) for word in column}) != 1:

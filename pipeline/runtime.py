@@ -1,12 +1,14 @@
 """What every call in the process shares: settings, the live engine, the decode scheduler,
 the frame sink, admission and the hand-over of ended calls to post-call."""
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config import Settings
 from engines.base import Engine
-from engines.factory import decode_threads, load_engine
+from engines.factory import decode_threads, load_engine, pick_live_model
+from engines.models import check_language
 from engines.scheduler import DecodeScheduler
 from pipeline.sink import FrameSink
 from protocol import Subjects
@@ -28,6 +30,24 @@ class LiveRuntime:
         self.handover: CallHandover | None = None
         self.admission: Admission | None = None
         self.open_calls: set[str] = set()
+        self._engines: dict[str, Engine] = {engine.info.name: engine}
+        self._loading = asyncio.Lock()
+
+    async def engine_for(self, language: str | None) -> tuple[Engine, str | None]:
+        """The live engine for a stream in ``language`` (None: ``live.language``) and the
+        language to give its stream (None: detect). Streams the live model cannot serve
+        get ``live.multilingual_model``, loaded on first use in a thread. Raises
+        :class:`engines.models.UnsupportedLanguageError` when neither recognizes it."""
+        name, stream_language = pick_live_model(self.settings, self.engine, language)
+        if name not in self._engines:
+            async with self._loading:
+                if name not in self._engines:
+                    self._engines[name] = await asyncio.to_thread(
+                        load_engine, name, self.settings, multilingual=True
+                    )
+        engine = self._engines[name]
+        check_language(name, stream_language, engine.info.languages)
+        return engine, stream_language
 
     @classmethod
     async def create(

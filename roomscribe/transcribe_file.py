@@ -8,6 +8,7 @@ import numpy as np
 from config import Settings
 from engines.base import SAMPLE_RATE
 from engines.factory import load_engine
+from engines.models import check_language, normalize_language
 from pipeline.audio_io import decode_file
 from pipeline.exports import ExportFormat, render
 from protocol import Word
@@ -17,7 +18,11 @@ from protocol.transcript import Segment, Speaker, Transcript
 def transcribe_samples(
     settings: Settings, samples: np.ndarray, model: str, language: str | None = None
 ) -> Transcript:
-    engine = load_engine(model, settings)
+    named = language is not None  # "auto" too: then the model detects the language
+    if named:
+        language = normalize_language(language)
+        check_language(model, language)
+    engine = load_engine(model, settings, multilingual=named)
     try:
         finals = engine.transcribe(samples.astype("float32") / 32768.0, language)
     finally:

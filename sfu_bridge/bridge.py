@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from config.settings import BridgeSettings
+from engines.base import ModelNotFoundError
+from engines.models import UnsupportedLanguageError
 from pipeline.call import CallEndedError, CallLimits, CallSession, CallState, CapacityError
 from pipeline.runtime import LiveRuntime
 from pipeline.speaker_stream import SpeakerStream
 from pipeline.tasks import TaskSet
-from protocol import ErrorCode
+from protocol import ErrorCode, ErrorFrame
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.peer import PeerSession, TrackOwner
 
@@ -58,7 +60,8 @@ class Bridge:
 
     async def open_track(self, room: str, owner: TrackOwner) -> ParticipantTarget | None:
         """A target for the owner's audio, starting the room's call if needed; ``None`` when
-        the track is not captioned (no capacity, the call is ending)."""
+        the track is not captioned (no capacity, the call is ending, no live model knows
+        its language: an error frame says so)."""
         call = self.rooms.get(room)
         if call is None or call.state is not CallState.OPEN:
             call = CallSession(self.runtime, room, CallLimits(self.settings.idle_timeout_s))
@@ -68,6 +71,16 @@ class Bridge:
         try:
             stream = await call.admit(owner.participant, owner.name, owner.language)
         except (CapacityError, CallEndedError):
+            return None
+        except (UnsupportedLanguageError, ModelNotFoundError) as exc:
+            self.runtime.sink.emit(
+                ErrorFrame(
+                    code=ErrorCode(exc.code),
+                    message=f"this track is not captioned: {exc}",
+                    room=room,
+                    participant=owner.participant,
+                )
+            )
             return None
         return ParticipantTarget(call, owner, stream)
 

@@ -89,6 +89,15 @@ def test_bad_files_give_a_clear_error(tmp_path: Path) -> None:
     )
 
 
+def test_transcribe_refuses_a_language_its_model_cannot_do(tmp_path: Path) -> None:
+    result = roomscribe(
+        "transcribe", str(librivox_files()[1]), "--language", "de", data_dir=tmp_path
+    )
+    assert result.returncode == 2
+    assert "error [INVALID_REQUEST]" in result.stderr
+    assert "'de'" in result.stderr and "whisper-base" in result.stderr
+
+
 def test_transcribe_renders_srt(tmp_path: Path) -> None:
     result = roomscribe(
         "transcribe", str(librivox_files()[3]), "--format", "srt", data_dir=tmp_path

@@ -151,7 +151,7 @@ async def test_bad_input_gets_a_precise_error_and_the_service_goes_on(
         ),
         ({**start16, "channels": 3}, None, "INVALID_CONFIG", 1003, "channels"),
         ({**start16, "sample_rate": 1_000_000}, None, "INVALID_CONFIG", 1003, "sample_rate"),
-        ({**start16, "language": "fr"}, None, "INVALID_CONFIG", 1003, "language 'fr'"),
+        ({**start16, "language": "xx"}, None, "INVALID_REQUEST", 1003, "language 'xx'"),
         ({"type": "hello"}, None, "PROTOCOL", 1008, "must be 'start'"),
         ("not json", None, "PROTOCOL", 1008, "JSON"),
         (start16, {"type": "pause"}, "PROTOCOL", 1008, "unknown message type 'pause'"),

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engines.base import Engine
 from pipeline.call.admission import Lease, StreamKind
 from pipeline.jobs import new_job_id
 from pipeline.recorder import CallRecord, CallRecorder
@@ -151,14 +152,21 @@ class CallSession:
         kind: StreamKind = StreamKind.WEBRTC,
         offset: float | None = None,
         frames: FrameSink | None = None,
+        engine: Engine | None = None,
     ) -> SpeakerStream:
         """A stream for the participant, under the live-stream limit; ``frames`` also gets
-        the stream's frames (a transport answering the participant itself).
+        the stream's frames (a transport answering the participant itself). ``engine``: the
+        live engine already picked for ``language`` (default: the one that recognizes it,
+        see :meth:`LiveRuntime.engine_for`).
 
         Raises :class:`CapacityError` (after an error frame for the participant) when no
-        stream can start, :class:`CallEndedError` once the call ends."""
+        stream can start, :class:`CallEndedError` once the call ends,
+        :class:`engines.models.UnsupportedLanguageError` or
+        :class:`engines.base.ModelNotFoundError` when no live model serves ``language``."""
         if self.state is not CallState.OPEN:
             raise CallEndedError(self.call_id)
+        if engine is None:
+            engine, language = await self.runtime.engine_for(language)
         if participant in self.participants:
             await self.remove_participant(participant, EndReason.REPLACED)
         gate = self.runtime.admission
@@ -176,7 +184,20 @@ class CallSession:
                 )
                 raise error
             self._leases[participant] = lease
-        return self.add_participant(participant, name, language, offset, frames)
+        return self.add_participant(participant, name, language, offset, frames, engine=engine)
+
+    async def join(
+        self,
+        participant: str,
+        name: str | None = None,
+        language: str | None = None,
+        offset: float | None = None,
+    ) -> SpeakerStream:
+        """:meth:`add_participant` on the live engine that recognizes ``language`` (None: the
+        configured live language, "auto": detected); raises
+        :class:`engines.models.UnsupportedLanguageError` when no live model does."""
+        engine, language = await self.runtime.engine_for(language)
+        return self.add_participant(participant, name, language, offset, engine=engine)
 
     def add_participant(
         self,
@@ -185,9 +206,12 @@ class CallSession:
         language: str | None = None,
         offset: float | None = None,
         frames: FrameSink | None = None,
+        *,
+        engine: Engine | None = None,
     ) -> SpeakerStream:
         """A new speaker stream, outside admission (files, tests), whose first sample is at
-        call time ``offset`` (default: now)."""
+        call time ``offset`` (default: now), on ``engine`` (default: the runtime's live
+        engine)."""
         if self.state is not CallState.OPEN:
             raise CallEndedError(self.call_id)
         if participant in self.participants:
@@ -197,7 +221,7 @@ class CallSession:
         start = self.elapsed if offset is None else offset
         stream = SpeakerStream(
             Participant(self.room, participant, name, language),
-            self.runtime.engine,
+            engine or self.runtime.engine,
             self.runtime.scheduler,
             self.runtime.sink if frames is None else FanOutSink(self.runtime.sink, frames),
             offset=start,
