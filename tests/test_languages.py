@@ -192,9 +192,7 @@ async def test_live_participant_in_another_language(tmp_path: Path, language: st
 
 
 @pytest.mark.slow
-async def test_listen_with_auto_detects_german(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
-) -> None:
+async def test_listen_with_auto_detects_german(nats_url: str, tmp_path: Path) -> None:
     _need_espeak()
     clip = _speech("de")
     start = {
@@ -205,7 +203,7 @@ async def test_listen_with_auto_detects_german(
         "language": "auto",
     }
     audio = chunks(clip.samples.astype("<i2").tobytes(), [3200])
-    async with listen_server(nats_url, _data_dir(tmp_path), scheduler) as server:
+    async with listen_server(nats_url, _data_dir(tmp_path)) as server:
         session = await run_session(server.ws_url, start, audio, end={"type": "end"})
     finals = [m for m in session.of("final") if m["text"].strip()]
     assert finals, session.messages
@@ -216,11 +214,9 @@ async def test_listen_with_auto_detects_german(
     assert error <= _plain_wer("de") + LIVE_MARGIN
 
 
-async def test_listen_refuses_a_language_no_model_knows(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
-) -> None:
+async def test_listen_refuses_a_language_no_model_knows(nats_url: str, tmp_path: Path) -> None:
     start = {"type": "start", "sample_rate": 16000, "channels": 1, "language": "tlh"}
-    async with listen_server(nats_url, tmp_path, scheduler) as server:
+    async with listen_server(nats_url, tmp_path) as server:
         session = await run_session(server.ws_url, start)
     assert session.error["code"] == "INVALID_REQUEST"
     assert "'tlh'" in session.error["message"]
@@ -298,11 +294,11 @@ def _write_wav(path: Path, samples: np.ndarray) -> None:
 
 
 async def test_listen_says_when_the_multilingual_model_is_missing(
-    nats_url: str, tmp_path: Path, scheduler: DecodeScheduler
+    nats_url: str, tmp_path: Path
 ) -> None:
     start = {"type": "start", "sample_rate": 16000, "channels": 1, "language": "de"}
     missing = {"multilingual_model": "no-such-model"}
-    async with listen_server(nats_url, tmp_path, scheduler, live=missing) as server:
+    async with listen_server(nats_url, tmp_path, live=missing) as server:
         session = await run_session(server.ws_url, start)
     assert session.error["code"] == "MODEL_NOT_FOUND"
     assert "no-such-model" in session.error["message"]
