@@ -48,7 +48,7 @@ CUT_SEARCH_S = 2.0
 # the last words of a partial decode hear a word cut off mid-way: never committed from there
 HOLD_BACK_WORDS = 1
 # a word is committed when this many consecutive partial decodes agree on it
-AGREEING = 2
+AGREEING = 3
 # nothing is committed before this much of the utterance is heard (its first word settles)
 MIN_COMMIT_S = 1.5
 # a decode with fewer words than this per second of audio skipped some (often the first
@@ -438,10 +438,13 @@ class WhisperStream(EngineStream):
         if not self.engine.holds_speech(utterance, samples):
             self.stats.rejected_utterances += 1
             return []
-        committed = " ".join(utterance.committed)
         text, words, language = self.engine.decode(
-            samples, start, self.language, prefix=committed, context=self._context
+            samples, start, self.language, context=self._context
         )
+        if utterance.committed:
+            text, words, language = self._keep_committed(
+                utterance.committed, text, words, language, samples, start
+            )
         if not text and not utterance.partials_sent:
             return []
         if text and not words:
@@ -452,6 +455,31 @@ class WhisperStream(EngineStream):
         return [
             Hypothesis("final", utterance.index, text, start, end, tuple(words), language, stable)
         ]
+
+    def _keep_committed(
+        self,
+        committed: list[str],
+        text: str,
+        words: list[RecognizedWord],
+        language: str | None,
+        samples: np.ndarray,
+        start: float,
+    ) -> tuple[str, list[RecognizedWord], str | None]:
+        """The final with the committed words as its exact beginning: the free decode's own
+        words after them where it heard the same words (punctuation and case aside), else a
+        decode forced to go on from them (forcing costs a second decode and reads less
+        naturally, so it is only the fallback)."""
+        head = len(committed)
+        if [_norm(w.word) for w in words[:head]] == [_norm(w) for w in committed]:
+            kept = [
+                RecognizedWord(word, w.start, w.end, w.confidence)
+                for word, w in zip(committed, words, strict=False)
+            ]
+            merged = kept + words[head:]
+            return " ".join(w.word for w in merged), merged, language
+        return self.engine.decode(
+            samples, start, self.language, prefix=" ".join(committed), context=self._context
+        )
 
     def _partial(self) -> list[Hypothesis]:
         with self.lock:
