@@ -12,7 +12,6 @@ from typing import Any
 import av
 import nats
 import numpy as np
-import uvicorn
 from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -20,10 +19,8 @@ from websockets.exceptions import ConnectionClosed
 from api.services import Services
 from pipeline.call import Admission
 from pipeline.runtime import LiveRuntime
-from roomscribe.service import running_service
 from tests.api_helpers import make_settings
-from tests.conftest import free_port
-from tests.live_helpers import live_engine
+from tests.service_helpers import served
 
 
 @dataclass
@@ -51,31 +48,14 @@ async def listen_server(
     in-process worker only runs when ``postcall={"run_worker": True}`` is given."""
     sections = {**sections, "postcall": {"run_worker": False, **sections.get("postcall", {})}}
     settings = make_settings(nats_url, data_dir, **sections)
-    async with running_service(settings, live_engine()) as service:
-        port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                service.app,
-                host="127.0.0.1",
-                port=port,
-                log_level="warning",
-                ws="websockets-sansio",
-            )
-        )
-        task = asyncio.create_task(server.serve())
+    async with served(settings) as running:
         nc = await nats.connect(nats_url)
         try:
-            async with asyncio.timeout(15):
-                while not server.started:
-                    if task.done():
-                        task.result()
-                    await asyncio.sleep(0.02)
+            service = running.service
             admission = service.runtime.admission
             assert isinstance(admission, Admission)
-            yield ListenServer(port, service.services, service.runtime, admission, nc)
+            yield ListenServer(running.port, service.services, service.runtime, admission, nc)
         finally:
-            server.should_exit = True
-            await task
             await nc.close()
 
 
