@@ -45,6 +45,7 @@ from pipeline.audio_io import decode_file
 from pipeline.call import CallSession
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
+from pipeline.speaker_stream import SpeakerStream
 from protocol import CaptionFrame, ErrorFrame
 
 LIVE_MODEL = "whisper-tiny.en"
@@ -120,6 +121,28 @@ class TimedSink(CollectingSink):
         self.arrived.append(time.monotonic())
 
 
+async def feed(
+    streams: dict[str, SpeakerStream],
+    tracks: dict[str, np.ndarray],
+    realtime: bool,
+    step_s: float = STEP_S,
+) -> None:
+    """Every track into its stream in ``step_s`` pieces: on a real-time clock, or each piece
+    as soon as recognition has caught up with the last."""
+    step = int(step_s * 16000)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for index, begin in enumerate(range(0, max(t.size for t in tracks.values()), step)):
+        for participant, stream in streams.items():
+            stream.push(tracks[participant][begin : begin + step])
+        if realtime:
+            await asyncio.sleep(max(0.0, began + (index + 1) * step_s - loop.time()))
+        else:
+            await asyncio.sleep(0)
+            for stream in streams.values():
+                await stream.caught_up()
+
+
 async def live(
     meeting: Meeting, settings: Settings, realtime: bool
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -133,20 +156,8 @@ async def live(
         call = CallSession(runtime, "bench")
         await call.start()
         streams = {p: call.add_participant(p, None, offset=0.0) for p in meeting.tracks}
-        step = int(STEP_S * 16000)
-        length = max(t.size for t in meeting.tracks.values())
-        loop = asyncio.get_running_loop()
-        began = loop.time()
         clock = time.monotonic()
-        for index, begin in enumerate(range(0, length, step)):
-            for participant, stream in streams.items():
-                stream.push(meeting.tracks[participant][begin : begin + step])
-            if realtime:
-                await asyncio.sleep(max(0.0, began + (index + 1) * STEP_S - loop.time()))
-            else:
-                await asyncio.sleep(0)
-                for stream in streams.values():
-                    await stream.caught_up()
+        await feed(streams, meeting.tracks, realtime)
         await call.end("done")
     finally:
         await runtime.aclose()

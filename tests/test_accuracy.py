@@ -6,7 +6,6 @@ a long turn after a short pause near the end and a short turn at the very end: t
 that used to lose a turn.
 """
 
-import asyncio
 from functools import cache
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from faster_whisper import WhisperModel
 
-from bench.accuracy import stable_violations
+from bench.accuracy import feed, stable_violations
 from bench.devsets import dev_meeting, librivox, speaker_reference
 from bench.scoring import normalize, wer
 from config import load_settings
@@ -104,19 +103,7 @@ async def live_finals(
         call = CallSession(runtime, "dev")
         await call.start()
         streams = {name: call.add_participant(name, None, offset=0.0) for name in tracks}
-        step = 1600
-        length = max(t.size for t in tracks.values())
-        began = asyncio.get_running_loop().time()
-        for index, begin in enumerate(range(0, length, step)):
-            for name, stream in streams.items():
-                stream.push(tracks[name][begin : begin + step])
-            if realtime:
-                due = began + (index + 1) * step / 16000
-                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
-            else:
-                await asyncio.sleep(0)
-                for stream in streams.values():
-                    await stream.caught_up()
+        await feed(streams, tracks, realtime, step_s=0.1)
         await call.end("done")
     finally:
         await runtime.aclose()
