@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ class Services:
     routers: list[APIRouter] = field(default_factory=list)
     # path prefix -> credentials it accepts besides API keys (the bridge's bearer tokens)
     scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
+    # paths whose CORS preflight names the POST body type they accept (WHIP endpoints)
+    accept_post: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     run_worker: bool = False
     publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)

@@ -110,6 +110,10 @@ class ApiSettings(BaseModel):
     allow_model_paths: bool = Field(
         default=False, description="API callers may name model folders outside the catalog"
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins (scheme://host[:port]) allowed to call the API; '*' = any",
+    )
 
 
 class LimitsSettings(BaseModel):

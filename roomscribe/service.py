@@ -44,6 +44,7 @@ async def running_service(
     from api.overlay_credentials import OverlayCredentials
     from pipeline.call import Admission
     from protocol import Subjects
+    from sfu_bridge import whip
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService
     from sfu_bridge.router import BRIDGE_PATHS, bridge_router
@@ -83,6 +84,7 @@ async def running_service(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
         services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
+        services.accept_post = [(whip.ENDPOINT_PATH, whip.SDP)]
         services.publisher = publisher
         admission = Admission.from_settings(settings.limits, services.metrics.registry)
         runtime.admission = admission
