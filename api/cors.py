@@ -14,9 +14,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-EXPOSED_HEADERS = (
-    "Location, ETag, Link, Accept-Post, Retry-After, X-Request-ID, X-Process-Time-Ms"
-)
+EXPOSED_HEADERS = "Location, ETag, Link, Accept-Post, Retry-After, X-Request-ID, X-Process-Time-Ms"
 PREFLIGHT_MAX_AGE_S = 600
 
 
