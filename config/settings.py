@@ -73,6 +73,10 @@ class BridgeSettings(BaseModel):
     track_stall_s: float = Field(
         default=10.0, gt=0, description="a track silent this long is flushed (its peer may be gone)"
     )
+    opus_dtx: bool = Field(
+        default=True,
+        description="ask senders for Opus DTX (usedtx=1): a packet per 400 ms in silence",
+    )
     bearer_tokens: list[str] = Field(
         default_factory=list, description="accepted by bridge routes only, besides API keys"
     )

@@ -85,6 +85,7 @@ async def running_service(
         )
         services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
         services.accept_post = [(whip.ENDPOINT_PATH, whip.SDP)]
+        services.metrics.scrape(bridge.metrics)
         services.publisher = publisher
         admission = Admission.from_settings(settings.limits, services.metrics.registry)
         runtime.admission = admission

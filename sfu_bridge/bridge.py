@@ -1,10 +1,11 @@
 """The bridge: every peer session and every room's call in this process."""
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from config.settings import BridgeSettings
 from engines.base import ModelNotFoundError
@@ -16,6 +17,7 @@ from pipeline.tasks import TaskSet
 from protocol import ErrorCode, ErrorFrame
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.peer import PeerSession, TrackOwner
+from sfu_bridge.track_audio import AudioStats
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,20 @@ class Bridge:
         self.tasks = TaskSet("bridge")
         self.peer_closed_hooks: list[Callable[[PeerSession], Awaitable[None]]] = []
         self.closed = False
+        self.audio = AudioStats()
+
+    def metrics(self) -> Iterator[Metric]:
+        """The bridge's counters, read at each ``/metrics`` scrape."""
+        for name, help_text, value in (
+            ("frames", "audio frames received from remote tracks", self.audio.frames),
+            ("audio_seconds", "audio received from remote tracks", self.audio.audio_s),
+            (
+                "gap_seconds",
+                "audio time with no packets (Opus DTX silence or loss), filled as silence",
+                self.audio.gap_s,
+            ),
+        ):
+            yield CounterMetricFamily(f"roomscribe_bridge_{name}", help_text, value=value)
 
     @property
     def credentials(self) -> list[str]:

@@ -14,7 +14,7 @@ from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.ice import gather_on, ice_configuration
-from sfu_bridge.sdp import MediaLine, parse_offer
+from sfu_bridge.sdp import MediaLine, parse_offer, with_opus_dtx
 from sfu_bridge.track_audio import AudioTarget, TrackFeed, drain
 
 if TYPE_CHECKING:
@@ -89,7 +89,8 @@ class PeerSession:
             for mid, speaker in before.items():
                 if self.current_speaker(mid) != speaker:
                     await self.rebind(mid)
-        return self.pc.localDescription.sdp
+        answer_sdp: str = self.pc.localDescription.sdp
+        return with_opus_dtx(answer_sdp) if self.bridge.settings.opus_dtx else answer_sdp
 
     def current_speaker(self, mid: str) -> TrackOwner | None:
         line = self.media.get(mid)
@@ -114,6 +115,7 @@ class PeerSession:
             open_target=lambda: self._open(mid),
             stall_s=self.bridge.settings.track_stall_s,
             on_audio=lambda: self.bridge.heard(self.room),
+            stats=self.bridge.audio,
         )
         self.feeds[mid] = feed
         self._tasks.spawn(feed.run(), f"feed {mid}")

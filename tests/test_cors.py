@@ -3,78 +3,22 @@
 The production composition (``running_service``) behind uvicorn; the browser checks run Debian
 Chromium on a page served from another port (another origin), with web security on."""
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import nats
 import pytest
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
 from config import Settings, load_settings
 from protocol import CaptionFrame, Subjects
 from tests.bridge_peers import assert_captions, host_address
-from tests.browser import chromium_binary, open_page
-from tests.conftest import LIBRIVOX, free_port, librivox_reference
-from tests.service_helpers import Served, served
+from tests.browser import chromium_binary
+from tests.conftest import librivox_reference
+from tests.service_helpers import served
+from tests.whip_page import CLIP, page_server, run_page
 
 KEY = "cors-test-key"
-PAGE_ORIGIN_HOST = "127.0.0.1"
-CLIP = "sense_and_sensibility_01_austen_64kb-0880"
-
-# Web Audio plays the clip once into the published track, so the captions are of one reading
-PAGE = """<!doctype html><html><body><script>
-const params = new URLSearchParams(location.search);
-const base = params.get("base"), key = params.get("key");
-const auth = {"Authorization": "Bearer " + key};
-window.result = {};
-async function publish() {
-  const ctx = new AudioContext({sampleRate: 48000});
-  const clip = await ctx.decodeAudioData(await (await fetch("/clip.wav")).arrayBuffer());
-  const source = ctx.createBufferSource();
-  source.buffer = clip;
-  const out = ctx.createMediaStreamDestination();
-  source.connect(out);
-  const pc = new RTCPeerConnection();
-  pc.addTrack(out.stream.getAudioTracks()[0], out.stream);
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise(done => {
-    if (pc.iceGatheringState === "complete") return done();
-    pc.addEventListener("icegatheringstatechange", () => {
-      if (pc.iceGatheringState === "complete") done();
-    });
-  });
-  const answer = await fetch(base + "/whip/cors-room/alice?name=Alice", {
-    method: "POST", headers: {...auth, "Content-Type": "application/sdp"},
-    body: pc.localDescription.sdp});
-  window.result.status = answer.status;
-  window.result.location = answer.headers.get("Location");
-  window.result.etag = answer.headers.get("ETag");
-  await pc.setRemoteDescription({type: "answer", sdp: await answer.text()});
-  await new Promise(done => pc.addEventListener("connectionstatechange", () => {
-    if (pc.connectionState === "connected") done();
-  }));
-  source.start();
-  await new Promise(done => { source.onended = done; });
-  await new Promise(done => setTimeout(done, 1500));
-  window.result.deleted = (await fetch(new URL(window.result.location, base),
-    {method: "DELETE", headers: auth})).status;
-  const listed = await fetch(base + "/v1/transcripts", {headers: auth});
-  window.result.listed = {status: listed.status, body: await listed.json()};
-}
-publish().then(() => { window.result.done = true; },
-               e => { window.result.error = String(e); window.result.done = true; });
-</script></body></html>"""
-
-BROWSER_FLAGS = (
-    "--autoplay-policy=no-user-gesture-required",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-)
 
 
 def cors_settings(tmp_path: Path, origins: list[str]) -> Settings:
@@ -83,39 +27,6 @@ def cors_settings(tmp_path: Path, origins: list[str]) -> Settings:
         api={"api_keys": [KEY], "cors_origins": origins},
         bridge={"host_addresses": [host_address()]},
     )
-
-
-@asynccontextmanager
-async def page_server() -> AsyncIterator[str]:
-    """The page's own origin: another port than the service's."""
-    import uvicorn
-
-    app = FastAPI()
-
-    @app.get("/page.html")
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE)
-
-    @app.get("/clip.wav")
-    async def clip() -> object:
-        from fastapi.responses import FileResponse
-
-        return FileResponse(LIBRIVOX / f"{CLIP}.wav", media_type="audio/wav")
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=PAGE_ORIGIN_HOST, port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://{PAGE_ORIGIN_HOST}:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def preflight(client: httpx.AsyncClient, path: str, origin: str) -> httpx.Response:
@@ -206,15 +117,6 @@ def test_cors_origins_setting_reads_from_toml(tmp_path: Path) -> None:
     assert settings.api.cors_origins == ["https://meet.example.org", "*"]
 
 
-async def run_page(service: Served, page_base: str) -> dict[str, object]:
-    url = f"{page_base}/page.html?base={service.http_url}&key={KEY}"
-    async with open_page(chromium_binary() or "", url, BROWSER_FLAGS) as page:
-        result: dict[str, object] = await page.wait_for(
-            "window.result && window.result.done && window.result", within_s=90
-        )
-        return result
-
-
 @pytest.mark.skipif(chromium_binary() is None, reason="Debian chromium is not installed")
 async def test_page_on_another_origin_publishes_over_whip_and_lists_transcripts(
     tmp_path: Path,
@@ -231,7 +133,7 @@ async def test_page_on_another_origin_publishes_over_whip_and_lists_transcripts(
 
             await nc.subscribe(Subjects().room_captions("cors-room"), cb=collect)
             try:
-                result = await run_page(service, page_base)
+                result = await run_page(page_base, service.http_url, KEY)
             finally:
                 await nc.drain()
             async with httpx.AsyncClient(base_url=service.http_url) as client:
@@ -257,7 +159,7 @@ async def test_page_on_an_origin_not_listed_is_blocked_by_the_browser(tmp_path: 
     async with page_server() as page_base:
         allowed = ["https://meet.example.org"]
         async with served(cors_settings(tmp_path, allowed)) as service:
-            result = await run_page(service, page_base)
+            result = await run_page(page_base, service.http_url, KEY)
             assert "Failed to fetch" in str(result.get("error")), result
             async with httpx.AsyncClient(base_url=service.http_url) as client:
                 calls = await client.get("/v1/calls", headers={"Authorization": f"Bearer {KEY}"})
