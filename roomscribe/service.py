@@ -43,6 +43,7 @@ async def running_service(
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
     from pipeline.call import Admission
+    from pipeline.call.headroom import Headroom, HeadroomLimits
     from protocol import Subjects
     from sfu_bridge import whip
     from sfu_bridge.bridge import Bridge
@@ -87,7 +88,13 @@ async def running_service(
         services.accept_post = [(whip.ENDPOINT_PATH, whip.SDP)]
         services.metrics.scrape(bridge.metrics)
         services.publisher = publisher
-        admission = Admission.from_settings(settings.limits, services.metrics.registry)
+        headroom = Headroom(
+            HeadroomLimits.from_settings(settings.limits),
+            loop_lag=services.loop_lag,
+            backlog_s=runtime.scheduler.backlog_s,
+            udp_drops=bridge.udp_drops,
+        )
+        admission = Admission.from_settings(settings.limits, services.metrics.registry, headroom)
         runtime.admission = admission
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [

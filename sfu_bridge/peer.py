@@ -16,6 +16,7 @@ from sfu_bridge.errors import BridgeError
 from sfu_bridge.ice import gather_on, ice_configuration
 from sfu_bridge.sdp import MediaLine, parse_offer, with_opus_dtx
 from sfu_bridge.track_audio import AudioTarget, TrackFeed, drain
+from sfu_bridge.udp import enlarge_receive_buffers
 
 if TYPE_CHECKING:
     from sfu_bridge.bridge import Bridge
@@ -83,6 +84,11 @@ class PeerSession:
                 answer = await self.pc.createAnswer()
                 with gather_on(self.bridge.settings.host_addresses):
                     await self.pc.setLocalDescription(answer)
+                if self.bridge.settings.udp_receive_buffer_kb:
+                    granted = enlarge_receive_buffers(
+                        self.pc, self.bridge.settings.udp_receive_buffer_kb * 1024
+                    )
+                    self.bridge.udp_receive_buffer = granted or self.bridge.udp_receive_buffer
             except (ValueError, KeyError, AssertionError) as exc:
                 self.media = previous
                 raise BridgeError(400, ErrorCode.INVALID_REQUEST, f"offer rejected: {exc}") from exc
