@@ -2,23 +2,21 @@
 a packet per 400 ms in silence, and the skipped audio time is silence: the same captions at
 the same audio times as from a continuous sender."""
 
-import json
 import wave
 from pathlib import Path
 
 import httpx
-import nats
 import numpy as np
 import pytest
 
 from config import load_settings
-from protocol import CaptionFrame, Subjects
+from protocol import CaptionFrame
 from sfu_bridge.sdp import with_opus_dtx
 from tests.bridge_peers import assert_captions, host_address
 from tests.browser import chromium_binary
 from tests.conftest import LIBRIVOX, librivox_reference, read_wav16
 from tests.service_helpers import served
-from tests.whip_page import CLIP, page_server, run_page
+from tests.whip_page import CLIP, page_server, room_finals, run_page
 
 KEY = "dtx-test-key"
 TAIL_MS = 6000
@@ -70,22 +68,11 @@ async def publish_once(tmp_path: Path, dtx: bool) -> tuple[dict[str, float], lis
         api={"api_keys": [KEY], "cors_origins": ["*"]},
         bridge={"host_addresses": [host_address()], "opus_dtx": dtx},
     )
-    finals: list[CaptionFrame] = []
     async with page_server() as page_base, served(settings) as service:
-        nc = await nats.connect(service.service.settings.nats.url)
-
-        async def collect(msg: nats.aio.msg.Msg) -> None:
-            frame = json.loads(msg.data)
-            if frame.get("type") == "final" and frame.get("text", "").strip():
-                finals.append(CaptionFrame.model_validate(frame))
-
-        await nc.subscribe(Subjects().room_captions("cors-room"), cb=collect)
-        try:
+        async with room_finals(service.service.settings.nats.url) as finals:
             result = await run_page(
                 page_base, service.http_url, KEY, tail_ms=500, microphone=(wav, wav_s)
             )
-        finally:
-            await nc.drain()
         assert "error" not in result and result["status"] == 201, result
         async with httpx.AsyncClient(base_url=service.http_url) as client:
             text = (await client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).text

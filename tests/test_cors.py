@@ -3,20 +3,17 @@
 The production composition (``running_service``) behind uvicorn; the browser checks run Debian
 Chromium on a page served from another port (another origin), with web security on."""
 
-import json
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 
 from config import Settings, load_settings
-from protocol import CaptionFrame, Subjects
 from tests.bridge_peers import assert_captions, host_address
 from tests.browser import chromium_binary
 from tests.conftest import librivox_reference
 from tests.service_helpers import served
-from tests.whip_page import CLIP, page_server, run_page
+from tests.whip_page import CLIP, page_server, room_finals, run_page
 
 KEY = "cors-test-key"
 
@@ -123,19 +120,8 @@ async def test_page_on_another_origin_publishes_over_whip_and_lists_transcripts(
 ) -> None:
     async with page_server() as page_base:
         async with served(cors_settings(tmp_path, [page_base])) as service:
-            nc = await nats.connect(service.service.settings.nats.url)
-            finals: list[CaptionFrame] = []
-
-            async def collect(msg: nats.aio.msg.Msg) -> None:
-                frame = json.loads(msg.data)
-                if frame.get("type") == "final" and frame.get("text", "").strip():
-                    finals.append(CaptionFrame.model_validate(frame))
-
-            await nc.subscribe(Subjects().room_captions("cors-room"), cb=collect)
-            try:
+            async with room_finals(service.service.settings.nats.url) as finals:
                 result = await run_page(page_base, service.http_url, KEY)
-            finally:
-                await nc.drain()
             async with httpx.AsyncClient(base_url=service.http_url) as client:
                 calls = (
                     await client.get("/v1/calls", headers={"Authorization": f"Bearer {KEY}"})

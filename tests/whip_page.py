@@ -3,14 +3,18 @@
 transcripts; ``window.result`` tells the test what the browser saw."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import nats
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
+from nats.aio.msg import Msg
 
+from protocol import CaptionFrame, Subjects
 from tests.browser import chromium_binary, open_page
 from tests.conftest import LIBRIVOX, free_port
 
@@ -18,6 +22,8 @@ PAGE_HOST = "127.0.0.1"
 CLIP = "sense_and_sensibility_01_austen_64kb-0880"
 
 # Web Audio plays the clip once into the published track, so the captions are of one reading
+ROOM = "cors-room"  # the page publishes alice into this room
+
 PAGE = """<!doctype html><html><body><script>
 const params = new URLSearchParams(location.search);
 const base = params.get("base"), key = params.get("key");
@@ -52,7 +58,7 @@ async function publish() {
       if (pc.iceGatheringState === "complete") done();
     });
   });
-  const answer = await fetch(base + "/whip/cors-room/alice?name=Alice", {
+  const answer = await fetch(base + "/whip/__ROOM__/alice?name=Alice", {
     method: "POST", headers: {...auth, "Content-Type": "application/sdp"},
     body: pc.localDescription.sdp});
   window.result.status = answer.status;
@@ -82,13 +88,31 @@ BROWSER_FLAGS = (
 
 
 @asynccontextmanager
+async def room_finals(nats_url: str) -> AsyncIterator[list[CaptionFrame]]:
+    """The non-empty final captions of the page's room, as they arrive on NATS."""
+    nc = await nats.connect(nats_url)
+    finals: list[CaptionFrame] = []
+
+    async def collect(msg: Msg) -> None:
+        frame = json.loads(msg.data)
+        if frame.get("type") == "final" and frame.get("text", "").strip():
+            finals.append(CaptionFrame.model_validate(frame))
+
+    await nc.subscribe(Subjects().room_captions(ROOM), cb=collect)
+    try:
+        yield finals
+    finally:
+        await nc.drain()
+
+
+@asynccontextmanager
 async def page_server() -> AsyncIterator[str]:
     """The page's own origin: another port than the service's."""
     app = FastAPI()
 
     @app.get("/page.html")
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE)
+        return HTMLResponse(PAGE.replace("__ROOM__", ROOM))
 
     @app.get("/clip.wav")
     async def clip() -> FileResponse:
