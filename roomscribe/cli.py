@@ -131,7 +131,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     elif args.bench_command == "bridge":
         from bench.bridge import main as bench_bridge
 
-        bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out)
+        bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out, args.dtx)
     elif args.bench_command == "accuracy":
         from bench.accuracy import main as bench_accuracy
 
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_bridge.add_argument("--talkers", type=int, default=3)
     bench_bridge.add_argument("--seconds", type=float, default=20.0, help="measured window")
     bench_bridge.add_argument("--warmup", type=float, default=5.0)
+    bench_bridge.add_argument(
+        "--dtx", action="store_true", help="silent tracks send as Opus DTX senders do"
+    )
     bench_bridge.add_argument("--out", help="write the results as JSON here")
     bench_batch = bench_sub.add_parser("batch", parents=[common])
     bench_batch.add_argument("--minutes", type=float, default=10.0)
