@@ -165,6 +165,34 @@ async def test_stream_events_follow_the_contract_and_keep_the_words(
     assert {f.participant for f in on_nats} == {"lk-user"}
 
 
+async def test_sessions_the_server_ends_at_its_limit_continue_on_the_same_timeline(
+    nats_url: str, tmp_path: Path
+) -> None:
+    # utterances at 0-7.1, 8.1-11.1 and 12.1-17.4 s; sessions end at 8 s and at 16 s
+    audio, _, spans = reading(3)
+    frames = frames_of(audio.tobytes(), 16000, 1, 20)
+    async with (
+        listen_server(nats_url, tmp_path, limits={"max_stream_s": 8.0}) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        stream = roomscribe.STT(base_url=server.http_url, http_session=http).stream()
+        events_task = asyncio.create_task(collect(stream))
+        await push_paced(stream, frames, speed=2.0)
+        stream.end_input()
+        events = await asyncio.wait_for(events_task, 120)
+        await stream.aclose()
+
+    assert re.fullmatch(r"(SI*F?E)+", letters(events)), letters(events)
+    finals = [e for e in events if e.type == Kind.FINAL_TRANSCRIPT]
+    assert len({e.request_id for e in events}) == 3  # 0-8 s, 8-16 s, 16 s to the end
+    # nothing lost at the cuts, and each final lies on its utterance in the input's time
+    heard = [e.alternatives[0] for e in finals]
+    for (begin, end), said in zip(spans, ("dashwood", "young man", "selfish"), strict=True):
+        inside = [h for h in heard if begin - 0.5 < h.start_time < h.end_time < end + 0.5]
+        assert said in " ".join(h.text for h in inside).lower(), (begin, end, heard)
+    assert all(any(b - 0.5 < h.start_time < e + 0.5 for b, e in spans) for h in heard), heard
+
+
 async def test_recognize_with_an_api_key_and_refusals_without(
     nats_url: str, tmp_path: Path
 ) -> None:

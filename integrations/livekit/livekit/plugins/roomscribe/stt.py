@@ -287,12 +287,6 @@ def _json(message: aiohttp.WSMessage) -> dict[str, Any] | None:
     raise APIConnectionError(f"roomscribe sent an unexpected {message.type.name} message")
 
 
-@dataclass
-class _Ended:
-    reason: str
-    streamed_seconds: float
-
-
 class SpeechStream(stt.RecognizeStream):
     """One participant's audio as a chain of listen sessions.
 
@@ -312,36 +306,42 @@ class SpeechStream(stt.RecognizeStream):
         self._owner = stt
         self._opts = opts
         self._pcm = Pcm16k()
+        self._flushed = False
         self._open: set[str] = set()
         self._speaking = False
         self._unreported_s = 0.0
         self._request_id = ""
-        self._first: rtc.AudioFrame | None = None
+        self._carry = b""  # audio for the next session
+        self._at_limit = False
+        self._session_s = 0.0
 
     async def _run(self) -> None:
-        earlier_s = 0.0  # audio of the earlier sessions of this connection attempt
+        earlier_s = 0.0  # audio sent in the earlier sessions of this connection attempt
         while True:
             ws, ready = await self._owner.connect(self._conn_options, self._opts)
             self._request_id = str(ready.get("session_id", ""))
+            self._session_s = 0.0
+            self._at_limit = False
+            limit_s = float(ready.get("max_duration_seconds") or "inf")
             try:
-                ended = await self._session(ws, earlier_s)
+                reason = await self._session(ws, earlier_s, limit_s)
             finally:
                 await ws.close()
                 self._end_of_speech()
                 self._report_usage()
-            if ended.reason == "end":
+            if reason == "end":
                 return
-            earlier_s += ended.streamed_seconds
+            earlier_s += self._session_s
             logger.info(
                 "roomscribe ended the listen session (%s) after %.1f s; opening another",
-                ended.reason,
-                ended.streamed_seconds,
+                reason,
+                self._session_s,
             )
-            if ended.reason != "max_duration":
+            if reason != "max_duration" and not self._carry:
                 first = await self._next_audio()
                 if first is None:
                     return
-                self._first = first
+                self._carry = self._pcm.convert(first)
 
     async def _next_audio(self) -> rtc.AudioFrame | None:
         async for item in self._input_ch:
@@ -349,9 +349,10 @@ class SpeechStream(stt.RecognizeStream):
                 return item
         return None
 
-    async def _session(self, ws: Socket, earlier_s: float) -> _Ended:
+    async def _session(self, ws: Socket, earlier_s: float, limit_s: float) -> str:
+        """Stream until the server completes the session; returns its reason."""
         receiver = asyncio.create_task(self._receive(ws, earlier_s), name="roomscribe receive")
-        sender = asyncio.create_task(self._send(ws), name="roomscribe send")
+        sender = asyncio.create_task(self._send(ws, limit_s), name="roomscribe send")
         try:
             done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
             if sender in done:
@@ -360,25 +361,39 @@ class SpeechStream(stt.RecognizeStream):
         finally:
             await utils.aio.cancel_and_wait(sender, receiver)
 
-    async def _send(self, ws: Socket) -> None:
+    async def _send(self, ws: Socket, limit_s: float) -> None:
+        """Audio up to the session's maximum duration, then ``end`` once the input has ended.
+        Audio past the limit (or after the server said it reached it) waits for the next
+        session, so a chain of sessions loses nothing."""
+        room = 2 * int(limit_s * SAMPLE_RATE) if limit_s != float("inf") else -1
         try:
-            if self._first is not None:
-                await self._send_audio(ws, self._pcm.convert(self._first))
-                self._first = None
+            carried, self._carry = self._carry, b""
+            room = await self._send_audio(ws, carried, room)
             async for item in self._input_ch:
                 if isinstance(item, rtc.AudioFrame):
-                    await self._send_audio(ws, self._pcm.convert(item))
-            await self._send_audio(ws, self._pcm.flush())
-            await ws.send_str(END_MESSAGE)
+                    room = await self._send_audio(ws, self._pcm.convert(item), room)
+            if not self._flushed:
+                self._flushed = True
+                room = await self._send_audio(ws, self._pcm.flush(), room)
+            if not self._carry and not self._at_limit:
+                await ws.send_str(END_MESSAGE)
         except (aiohttp.ClientError, ConnectionError):
             return  # the receiver sees the socket go and says why
 
-    async def _send_audio(self, ws: Socket, data: bytes) -> None:
+    async def _send_audio(self, ws: Socket, data: bytes, room: int) -> int:
+        """Sends what fits in ``room`` bytes (-1: no limit); returns the room left."""
+        if self._carry or self._at_limit:
+            self._carry += data
+            return room
+        if room >= 0 and len(data) >= room:
+            data, self._carry = data[:room], data[room:]
         if data:
             await ws.send_bytes(data)
             self._unreported_s += len(data) / (2 * SAMPLE_RATE)
+            self._session_s += len(data) / (2 * SAMPLE_RATE)
+        return room - len(data) if room >= 0 else room
 
-    async def _receive(self, ws: Socket, earlier_s: float) -> _Ended:
+    async def _receive(self, ws: Socket, earlier_s: float) -> str:
         while True:
             frame = _json(await ws.receive())
             if frame is None:
@@ -387,12 +402,15 @@ class SpeechStream(stt.RecognizeStream):
             if kind in ("partial", "final"):
                 self._caption(Caption.parse(frame), self.start_time_offset + earlier_s)
             elif kind == "completed":
-                return _Ended(str(frame.get("reason")), float(frame.get("streamed_seconds", 0)))
+                return str(frame.get("reason"))
             elif kind == "error":
-                if informs(frame) or frame.get("code") == _MAX_DURATION:
+                if frame.get("code") == _MAX_DURATION:
+                    self._at_limit = True  # its last finals and completed follow
+                    logger.info("roomscribe: %s", frame.get("message"))
+                elif informs(frame):
                     logger.warning("roomscribe: %s: %s", frame.get("code"), frame.get("message"))
-                    continue
-                raise refusal(frame)
+                else:
+                    raise refusal(frame)
 
     def _send_event(self, kind: stt.SpeechEventType, data: stt.SpeechData | None = None) -> None:
         self._event_ch.send_nowait(
