@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -48,15 +49,23 @@ def _to_48k(samples: np.ndarray) -> bytes:
     return np.concatenate(out).astype("<i2").tobytes()
 
 
-def _latencies(finals: list[tuple[float, float]], clock: float) -> dict[str, float | None]:
+def _latencies(finals: list[tuple[float, float]], clock: float) -> dict[str, Any]:
     """``finals``: (audio end of the final, monotonic arrival)."""
-    values = [arrived - (clock + end) for end, arrived in finals]
+    return {"final_latencies_s": [round(arrived - (clock + end), 3) for end, arrived in finals]}
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"final_p50_s": None, "final_p95_s": None}
     return {
         "final_p50_s": round(float(np.percentile(values, 50)), 2),
         "final_p95_s": round(float(np.percentile(values, 95)), 2),
     }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def direct(url: str, track: np.ndarray) -> tuple[list[str], dict[str, Any]]:
@@ -162,16 +171,20 @@ async def run(runs: int) -> list[dict[str, Any]]:
             for run_index in range(runs):
                 for system in ("direct /v1/listen", "livekit plugin"):
                     load = os.getloadavg()[0]
+                    cpu = _cpu_s()
                     if system == "livekit plugin":
                         texts, latency = await plugin(base, track)
                     else:
                         texts, latency = await direct(f"ws://127.0.0.1:{port}/v1/listen", track)
+                    client_cpu = _cpu_s() - cpu
                     row = {
                         "system": system,
                         "run": run_index,
                         "wer": score([reference], [" ".join(texts)]).wer,
                         "finals": len(texts),
+                        **_percentiles(latency["final_latencies_s"]),
                         **latency,
+                        "client_cpu_per_audio_s": round(client_cpu / (track.size / 16000), 4),
                         "load_1m": round(load, 2),
                         "audio_s": round(track.size / 16000, 1),
                     }
@@ -190,13 +203,20 @@ def main() -> None:
     args = parser.parse_args()
     rows = asyncio.run(run(args.runs))
     print(f"cpu cores {os.cpu_count()}")
-    print("| system | run | WER | finals | final p50 s | final p95 s | load (1 min) |")
+    print(
+        "| system | run | WER | finals | final p50 / p95 s | client CPU s per audio s | load 1m |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['system']} | {r['run']} | {r['wer']:.3f} | {r['finals']} | "
-            f"{r['final_p50_s']} | {r['final_p95_s']} | {r['load_1m']} |"
+            f"{r['final_p50_s']} / {r['final_p95_s']} | {r['client_cpu_per_audio_s']} | "
+            f"{r['load_1m']} |"
         )
+    for system in dict.fromkeys(r["system"] for r in rows):
+        pooled = [v for r in rows if r["system"] == system for v in r["final_latencies_s"]]
+        p = _percentiles(pooled)
+        print(f"| {system} | all | | {len(pooled)} | {p['final_p50_s']} / {p['final_p95_s']} | | |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

@@ -273,7 +273,10 @@ class STT(stt.STT[Literal["metrics_collected", "error"]]):
 def _json(message: aiohttp.WSMessage) -> dict[str, Any] | None:
     """A text message as a JSON object; None for a close (or an error) of the socket."""
     if message.type == aiohttp.WSMsgType.TEXT:
-        value = json.loads(message.data)
+        try:
+            value = json.loads(message.data)
+        except ValueError:
+            value = None
         if not isinstance(value, dict):
             raise APIConnectionError(f"roomscribe sent a non-object message: {message.data!r}")
         return value
