@@ -244,6 +244,23 @@ async def test_a_language_the_server_does_not_know_is_a_clear_error(
         assert "disposed" in event.alternatives[0].text.lower()
 
 
+async def test_a_full_server_is_a_retryable_error(nats_url: str, tmp_path: Path) -> None:
+    frames = frames_of(librivox()[1].samples.tobytes(), 16000, 1, 20)
+    async with (
+        listen_server(nats_url, tmp_path, limits={"max_streams": 1}) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        plugin = roomscribe.STT(base_url=server.http_url, participant="p", http_session=http)
+        first = plugin.stream()
+        first.push_frame(frames[0])
+        await asyncio.sleep(1.0)  # its session holds the one slot
+        with pytest.raises(APIStatusError) as caught:
+            await plugin.recognize(frames, conn_options=APIConnectOptions(max_retry=0))
+        assert caught.value.status_code == 503 and caught.value.retryable
+        assert "CAPACITY" in caught.value.message
+        await first.aclose()
+
+
 async def test_the_server_going_away_ends_the_stream_with_a_connection_error(
     nats_url: str, tmp_path: Path
 ) -> None:

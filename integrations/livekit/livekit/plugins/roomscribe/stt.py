@@ -215,7 +215,8 @@ class STT(stt.STT[Literal["metrics_collected", "error"]]):
         frame = rtc.combine_audio_frames(buffer)
         pcm = Pcm16k()
         audio = pcm.convert(frame) + pcm.flush()
-        opts = replace(self._options(language), interim_results=False)
+        # its own call in the room: the participant id may be streaming at the same time
+        opts = replace(self._options(language), interim_results=False, participant=None)
         ws, ready = await self.connect(conn_options, opts)
         finals: list[Caption] = []
         try:
