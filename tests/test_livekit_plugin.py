@@ -193,6 +193,36 @@ async def test_sessions_the_server_ends_at_its_limit_continue_on_the_same_timeli
     assert all(any(b - 0.5 < h.start_time < e + 0.5 for b, e in spans) for h in heard), heard
 
 
+async def test_after_a_session_ended_for_silence_the_next_audio_opens_another(
+    nats_url: str, tmp_path: Path
+) -> None:
+    first, second = librivox()[1], librivox()[4]
+    pause = np.zeros(8000, np.int16)
+    async with (
+        listen_server(nats_url, tmp_path, limits={"idle_timeout_s": 1.5}) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        stream = roomscribe.STT(base_url=server.http_url, http_session=http).stream()
+        events_task = asyncio.create_task(collect(stream))
+        for clip in (first, second):
+            audio = np.concatenate([clip.samples, pause])
+            await push_paced(stream, frames_of(audio.tobytes(), 16000, 1, 20), speed=2.0)
+            await asyncio.sleep(3.0)  # no frames: the server ends the session as idle
+        stream.end_input()
+        events = await asyncio.wait_for(events_task, 60)
+        await stream.aclose()
+
+    assert re.fullmatch(r"(SI*F?E)+", letters(events)), letters(events)
+    finals = [e for e in events if e.type == Kind.FINAL_TRANSCRIPT]
+    assert len({e.request_id for e in finals}) == 2
+    said = " ".join(e.alternatives[0].text for e in finals).lower()
+    assert "young man" in said and "amiable himself" in said, said
+    # times are audio time: the second clip starts where the first clip's audio ended
+    offset = (first.samples.size + pause.size) / 16000
+    later = [e.alternatives[0] for e in finals if "amiable" in e.alternatives[0].text.lower()]
+    assert offset - 0.1 < later[0].start_time < later[-1].end_time < offset + 3.4, later
+
+
 async def test_recognize_with_an_api_key_and_refusals_without(
     nats_url: str, tmp_path: Path
 ) -> None:
