@@ -45,7 +45,6 @@ async def sdk_session(
     client = AsyncDeepgramClient(api_key=api_key, environment=environment(port))
     received: list[dict[str, Any]] = []
     async with client.listen.v1.connect(model="nova-3", **options) as socket:
-
         finalized = asyncio.Event()
 
         async def read() -> None:
