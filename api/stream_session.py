@@ -117,6 +117,10 @@ class Dialect:
             CLOSE_POLICY,
         )
 
+    def finalized(self, session: "StreamSession") -> list[str]:
+        """Messages once recognition caught up after a :attr:`Control.FINALIZE`."""
+        return []
+
     def completed(
         self, session: "StreamSession", job_id: str | None, streamed_s: float, reason: str
     ) -> list[str]:
@@ -386,6 +390,8 @@ class StreamSession:
             elif control is Control.FINALIZE:
                 call.heard()
                 await stream.caught_up()
+                for text in self.dialect.finalized(self):
+                    self.outbox.put(text)
 
     def _max_duration(self, what: str) -> Ending:
         message = f"the stream reached its maximum duration of {self.max_duration_s:g} s ({what}); later audio is not accepted"
