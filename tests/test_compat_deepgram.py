@@ -16,7 +16,7 @@ from deepgram.environment import DeepgramClientEnvironment
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from api.compat.deepgram import G711
+from api.compat.deepgram import G711, DeepgramOptions
 from bench.scoring import wer
 from tests.compat_stream_helpers import LIVE_SLACK, pieces, plain_wer, saved_job, speech
 from tests.listen_helpers import Session, listen_server, receive_all, run_session
@@ -137,6 +137,9 @@ async def test_sdk_streams_speech_and_gets_results_metadata_and_a_saved_job(
         assert len(finalized) == 1 and finalized[0]["speech_final"] is False
 
         hypothesis = finals_text(received)
+        print(
+            f"deepgram linear16 3x: WER {wer(reference, hypothesis):.1%}, plain {plain_wer(audio, reference):.1%}"
+        )
         assert hypothesis[:1].isupper() and any(c in hypothesis for c in ".,?!"), hypothesis
         assert wer(reference, hypothesis) <= plain_wer(audio, reference) + LIVE_SLACK, hypothesis
 
@@ -182,6 +185,9 @@ async def test_mulaw_at_8k_unpunctuated_as_fast_as_it_goes(nats_url: str, tmp_pa
     for m in results:
         for word in m["channel"]["alternatives"][0]["words"]:
             assert "punctuated_word" not in word and "speaker" not in word
+    print(
+        f"deepgram mulaw 8k: WER {wer(reference, hypothesis):.1%}, plain 16k {plain_wer(audio, reference):.1%}"
+    )
     # telephone bandwidth costs some words; a lost sentence costs more than this
     assert wer(reference, hypothesis) <= plain_wer(audio, reference) + 0.2, hypothesis
     assert abs(received[-1]["duration"] - len(data) / 8000) < 0.05
@@ -249,3 +255,27 @@ async def test_refusals_in_deepgram_shapes_and_v1_listen_is_untouched(
         # roomscribe's own route keeps its protocol: binary before start is a PROTOCOL error
         own = await run_session(f"{server.ws_url}?api_key={KEY}", silence)
         assert own.error["code"] == "PROTOCOL" and own.close_code == 1008
+
+
+def test_g711_tables_and_query_options() -> None:
+    # ITU-T G.711 code points: silence, the smallest and the largest steps of each law
+    assert list(G711["mulaw"][[0xFF, 0x7F, 0xFE, 0x7E, 0x00, 0x80]]) == [0, 0, 8, -8, -32124, 32124]
+    assert list(G711["alaw"][[0xD5, 0x55, 0x2A, 0xAA]]) == [8, -8, -32256, 32256]
+    options = DeepgramOptions.parse(
+        {
+            "encoding": "alaw",
+            "sample_rate": "8000",
+            "language": "en-US",
+            "smart_format": "True",
+            "endpointing": "false",
+            "utterance_end_ms": "1000",
+        }
+    )
+    assert (options.language, options.punctuate, options.endpointing) == ("en", True, False)
+    assert options.utterance_end_ms == 1000 and not options.interim_results
+    assert (
+        DeepgramOptions.parse(
+            {"encoding": "linear16", "sample_rate": "16000", "language": "multi"}
+        ).language
+        == "auto"
+    )

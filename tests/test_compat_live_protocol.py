@@ -66,6 +66,7 @@ async def test_the_documented_session_in_real_time_and_faster(
             )
             assert session.close_code == 1000
             text = check_session(session.messages, seconds)
+            print(f"live protocol pace {pace}: WER {wer(reference, text):.1%}, plain {plain:.1%}")
             assert wer(reference, text) <= plain + LIVE_SLACK, (pace, text)
             job_id = session.messages[0]["job_id"]
             body = await saved_job(server.http_url, job_id, {"Authorization": f"Bearer {KEY}"})

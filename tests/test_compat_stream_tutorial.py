@@ -64,6 +64,9 @@ async def test_the_tutorial_client_streams_and_gets_the_summary_at_the_end(
         assert session.close_code == 1000
         messages = session.messages
         text = check_segments(messages)
+        print(
+            f"tutorial 4x: WER {wer(reference, text):.1%}, plain {plain_wer(audio, reference):.1%}"
+        )
         assert wer(reference, text) <= plain_wer(audio, reference) + LIVE_SLACK, text
         started, summary, completed = messages[0], messages[-2], messages[-1]
         job_id = started["id"]
@@ -95,6 +98,9 @@ async def test_48k_without_summary_auth_and_bad_input(nats_url: str, tmp_path: P
             end=END,
         )
         text = check_segments(session.messages)
+        print(
+            f"tutorial 48k stereo fast: WER {wer(reference, text):.1%}, plain {plain_wer(audio, reference):.1%}"
+        )
         assert "summary" not in [m["type"] for m in session.messages]
         assert session.messages[-1]["status"] == "queued"  # no worker here: the job waits
         assert wer(reference, text) <= plain_wer(audio, reference) + LIVE_SLACK, text
