@@ -4,7 +4,9 @@ With ``api.api_keys`` set, every path needs ``Authorization: Bearer <API key>`` 
 ``api.public_paths`` lists it (an entry ending in ``*`` is a prefix). Paths under a scoped
 prefix (the bridge's) also accept that scope's narrower tokens (``bridge.bearer_tokens``),
 and need one of them even when no API key is set. ``/v1/listen`` (a WebSocket) applies the
-same keys itself, since browsers can only pass them as query parameters.
+same keys itself, since browsers can only pass them as query parameters; the streaming
+routes that imitate other APIs accept the schemes those APIs document (``Token <key>`` for the
+Deepgram shape), through :func:`authorization_token`.
 """
 
 import hmac
@@ -25,10 +27,16 @@ def matches(token: str, accepted: Sequence[str]) -> bool:
     return found
 
 
+def authorization_token(header: str, schemes: Sequence[str] = ("bearer",)) -> str:
+    """The credential of an ``Authorization`` header value whose scheme is one of ``schemes``
+    (case-insensitive), else ``""``."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() in schemes else ""
+
+
 def bearer_token(scope: Scope) -> str:
     header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return authorization_token(header)
 
 
 class AccessPolicy:

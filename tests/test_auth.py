@@ -10,13 +10,15 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import WebSocketRoute
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.api_helpers import make_settings
 from tests.service_helpers import served
 
 KEY, BRIDGE_TOKEN = "api-key-1", "bridge-token-1"
 PUBLIC = {"/health", "/overlay", "/overlay/overlay.js"}
+# WebSockets that answer a missing key with an error frame and close 4001
+WEBSOCKETS = ["/v1/listen", "/v1/stream", "/api/v1/transcription/stream"]
 BRIDGE = ("/whip/", "/v1/sessions", "/v1/janus/")
 
 
@@ -86,19 +88,26 @@ async def test_every_route_needs_a_key_and_bridge_tokens_only_open_the_bridge(
                 else:
                     assert narrow.status_code == 401, what
         assert checked >= 20
-        assert [path for path, _, socket in routes if socket] == ["/v1/listen"]
+        sockets = [path for path, _, socket in routes if socket]
+        assert sorted(sockets) == sorted([*WEBSOCKETS, "/deepgram/v1/listen"])
+        for path in WEBSOCKETS:
+            async with connect(service.http_url.replace("http", "ws") + path) as socket:
+                refusal = json.loads(await socket.recv())
+                with pytest.raises(ConnectionClosed) as closed:
+                    await socket.recv()
+            assert refusal["code"] == "UNAUTHORIZED", (path, refusal)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        deepgram = service.http_url.replace("http", "ws") + "/deepgram/v1/listen"
+        with pytest.raises(InvalidStatus) as denied:
+            async with connect(f"{deepgram}?encoding=linear16&sample_rate=16000"):
+                pass
+        assert denied.value.response.status_code == 401
         ws = service.http_url.replace("http", "ws") + "/v1/listen"
-        async with connect(ws) as socket:
-            refusal = json.loads(await socket.recv())
-            with pytest.raises(ConnectionClosed) as closed:
-                await socket.recv()
-        assert refusal["code"] == "UNAUTHORIZED", refusal
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
         async with connect(f"{ws}?api_key={KEY}") as socket:
             assert socket.state.name == "OPEN"
         metrics = await client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
         assert 'roomscribe_auth_failures_total{surface="http"}' in metrics.text
-        assert 'roomscribe_auth_failures_total{surface="websocket"} 1.0' in metrics.text
+        assert 'roomscribe_auth_failures_total{surface="websocket"} 4.0' in metrics.text
 
 
 async def test_public_paths_open_metrics_and_docs_only_when_listed(
