@@ -79,6 +79,7 @@ def create_app(services: Services) -> FastAPI:
         body = {
             "status": "degraded" if problems else "ok",
             "nats": services.nc.is_connected,
+            "bot": services.bot_id,
             "problems": problems,
         }
         return Response(

@@ -39,6 +39,7 @@ class Services:
     # paths whose CORS preflight names the POST body type they accept (WHIP endpoints)
     accept_post: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     run_worker: bool = False
+    bot_id: str | None = None  # this process among bots sharing one NATS (room claims)
     publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     loop_lag: LoopLag = field(default_factory=LoopLag)

@@ -73,6 +73,11 @@ class BridgeSettings(BaseModel):
     track_stall_s: float = Field(
         default=10.0, gt=0, description="a track silent this long is flushed (its peer may be gone)"
     )
+    room_claim_ttl_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="bots sharing a NATS: a room claim not refreshed this long is a lost bot's",
+    )
     udp_receive_buffer_kb: int = Field(
         default=4096,
         ge=0,

@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
     NO_NETWORK = "NO_NETWORK"
     HTTP_ERROR = "HTTP_ERROR"
+    BOT_LOST = "BOT_LOST"
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

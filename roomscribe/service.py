@@ -51,6 +51,7 @@ async def running_service(
     from sfu_bridge import whip
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService
+    from sfu_bridge.room_claims import RoomClaims
     from sfu_bridge.router import BRIDGE_PATHS, bridge_router
 
     async with AsyncExitStack() as stack:
@@ -82,14 +83,19 @@ async def running_service(
         stack.push_async_callback(nc.close)
         bridge = Bridge(runtime)
         stack.push_async_callback(bridge.aclose)
-        invites = BridgeNatsService(bridge, nc)
+        claims = RoomClaims(
+            nc, runtime.subjects, lambda: invites.held_rooms(), settings.bridge.room_claim_ttl_s
+        )
+        invites = BridgeNatsService(bridge, nc, claims)
         await invites.start()
+        stack.push_async_callback(invites.aclose)
         services = await Services.open(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
         services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
         services.accept_post = [(whip.ENDPOINT_PATH, whip.SDP)]
         services.metrics.scrape(bridge.metrics)
+        services.bot_id = claims.bot_id
         services.publisher = publisher
         headroom = Headroom(
             HeadroomLimits.from_settings(settings.limits),

@@ -76,6 +76,9 @@ class Bridge:
         ):
             yield CounterMetricFamily(f"roomscribe_bridge_{name}", help_text, value=value)
         yield GaugeMetricFamily(
+            "roomscribe_bridge_peers", "peer sessions open now", value=len(self.peers)
+        )
+        yield GaugeMetricFamily(
             "roomscribe_bridge_udp_receive_buffer_bytes",
             "SO_RCVBUF the OS granted on ICE sockets (bridge.udp_receive_buffer_kb)",
             value=self.udp_receive_buffer,

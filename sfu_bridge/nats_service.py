@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -21,10 +22,12 @@ from sfu_bridge.bridge import Bridge
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.http import parse_json
 from sfu_bridge.peer import PeerSession
+from sfu_bridge.room_claims import RoomClaims
 
 log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "roomscribe-bridge"
+FORWARD_TIMEOUT_S = 10.0
 
 
 def reply_body(result: BaseModel | None = None, error: BridgeError | None = None) -> bytes:
@@ -37,18 +40,28 @@ def reply_body(result: BaseModel | None = None, error: BridgeError | None = None
 
 
 class BridgeNatsService:
-    def __init__(self, bridge: Bridge, nc: Client) -> None:
+    def __init__(self, bridge: Bridge, nc: Client, claims: RoomClaims | None = None) -> None:
         self.bridge = bridge
         self.nc = nc
         self.subjects = bridge.runtime.subjects
-        self._invites: Subscription | None = None
+        self.claims = claims
+        self._invites: list[Subscription] = []
         self._sessions: dict[str, list[Subscription]] = {}
         bridge.peer_closed_hooks.append(self._peer_closed)
 
+    def held_rooms(self) -> set[str]:
+        """Rooms with a peer or a call on this bot."""
+        return {peer.room for peer in self.bridge.peers.values()} | set(self.bridge.rooms)
+
     async def start(self) -> None:
-        self._invites = await self.nc.subscribe(
-            self.subjects.invite, queue=QUEUE_GROUP, cb=self._on_invite
-        )
+        self._invites = [
+            await self.nc.subscribe(self.subjects.invite, queue=QUEUE_GROUP, cb=self._on_invite)
+        ]
+        if self.claims is not None:
+            await self.claims.start()
+            self._invites.append(
+                await self.nc.subscribe(self.claims.invite_subject, cb=self._on_own_invite)
+            )
         await self.nc.flush()  # the server knows the subscription before start() returns
 
     async def _respond(self, msg: Msg, action: Callable[[], Awaitable[BaseModel | None]]) -> None:
@@ -68,6 +81,37 @@ class BridgeNatsService:
             await msg.respond(reply_body(result, error))
 
     async def _on_invite(self, msg: Msg) -> None:
+        """A room lives on one bot: an invite for a room another live bot holds goes there."""
+        if self.claims is not None:
+            try:
+                room = parse_json(rooms.CreateSession, msg.data).room
+                holder = await self.claims.holder(room)
+            except BridgeError as exc:
+                if msg.reply:
+                    await msg.respond(reply_body(error=exc))
+                return
+            if holder is not None and await self._forward(msg, room, holder):
+                return
+        await self._on_own_invite(msg)
+
+    async def _forward(self, msg: Msg, room: str, holder: str) -> bool:
+        """Relay the invite to ``holder``; False (and the room is ours) when it does not answer."""
+        assert self.claims is not None
+        try:
+            answer = await self.nc.request(
+                self.claims.invite_subject_of(holder), msg.data, timeout=FORWARD_TIMEOUT_S
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            log.warning("room %s: its bot %s does not answer; taking the room", room, holder)
+            stale = await self.claims.read(room)
+            if stale is not None and stale.bot == holder:
+                await self.claims.take_over(room, stale)
+            return False
+        if msg.reply:
+            await msg.respond(answer.data)
+        return True
+
+    async def _on_own_invite(self, msg: Msg) -> None:
         async def create() -> rooms.SessionAnswer:
             answer = await rooms.create_session(
                 self.bridge, parse_json(rooms.CreateSession, msg.data)
@@ -108,11 +152,17 @@ class BridgeNatsService:
     async def _peer_closed(self, peer: PeerSession) -> None:
         for sub in self._sessions.pop(peer.id, []):
             await sub.unsubscribe()
+        if self.claims is not None and not any(
+            p.room == peer.room for p in self.bridge.peers.values() if p is not peer
+        ):
+            await self.claims.release(peer.room)
 
     async def aclose(self) -> None:
-        if self._invites is not None:
-            await self._invites.unsubscribe()
-            self._invites = None
+        for invites in self._invites:
+            await invites.unsubscribe()
+        self._invites = []
+        if self.claims is not None:
+            await self.claims.aclose()
         for session_id in list(self._sessions):
             for sub in self._sessions.pop(session_id):
                 await sub.unsubscribe()
