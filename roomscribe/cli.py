@@ -112,6 +112,37 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise CliError(exc.code, str(exc)) from exc
 
 
+def _cmd_jitsi(args: argparse.Namespace) -> None:
+    from roomscribe.jvb_replay import read_dump, replay
+
+    try:
+        messages = read_dump(Path(args.file))
+    except (OSError, ValueError) as exc:
+        raise CliError("INVALID_REQUEST", str(exc)) from exc
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    got = asyncio.run(
+        replay(
+            args.url,
+            messages,
+            realtime=args.speed == "1",
+            linger_s=args.linger,
+            headers=headers,
+        )
+    )
+    for result in got.results:
+        if args.interim or not result["is_interim"]:
+            print(json.dumps(result), flush=True)
+    summary = {
+        "sent": got.sent,
+        "send_s": round(got.send_s, 2),
+        "close_code": got.close_code,
+        "finals": len(got.finals()),
+        "interims": len(got.interims()),
+        "participants": {who: got.text(who) for who in got.participants()},
+    }
+    print(json.dumps({"summary": summary}), flush=True)
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     if args.bench_command == "live":
         from bench.live import main as bench_live
@@ -208,6 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
     janus.add_argument("--room", required=True, type=int)
     janus.add_argument("--nats")
     join.set_defaults(func=_cmd_join)
+
+    jitsi = sub.add_parser("jitsi", parents=[common], help="Jitsi Videobridge tools")
+    jitsi_sub = jitsi.add_subparsers(dest="jitsi_command", required=True)
+    jitsi_replay = jitsi_sub.add_parser(
+        "replay",
+        parents=[common],
+        help="play a media.jsonl dump (opus-transcriber-proxy format) to a /transcribe socket",
+    )
+    jitsi_replay.add_argument("file", help="media.jsonl: one {timestamp, direction, data} a line")
+    jitsi_replay.add_argument(
+        "--url",
+        required=True,
+        help="e.g. ws://HOST:8000/transcribe?sessionId=test&sendBack=true&sendBackInterim=true",
+    )
+    jitsi_replay.add_argument("--speed", choices=["1", "max"], default="1")
+    jitsi_replay.add_argument("--token", help="API key, sent as a bearer token")
+    jitsi_replay.add_argument(
+        "--linger", type=float, default=5.0, help="seconds without results before closing"
+    )
+    jitsi_replay.add_argument("--interim", action="store_true", help="print interim results too")
+    jitsi.set_defaults(func=_cmd_jitsi)
 
     bench = sub.add_parser(
         "bench", parents=[common], help="benchmarks (numbers go to BENCHMARKS.md)"

@@ -39,6 +39,7 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
+    from api.compat.jitsi import jitsi_router
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
@@ -89,6 +90,7 @@ async def running_service(
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [
             listen_router(runtime, admission, settings, services.metrics),
+            jitsi_router(runtime, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
         ]
         yield Running(settings, create_app(services), runtime, services, embedded)

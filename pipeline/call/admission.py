@@ -30,6 +30,7 @@ class CapacityError(ServiceError):
 class StreamKind(StrEnum):
     WEBSOCKET = "websocket"
     WEBRTC = "webrtc"
+    JITSI = "jitsi"
 
 
 @dataclass(eq=False)

@@ -1,0 +1,1 @@
+"""Adapters that speak other products' APIs over roomscribe's own services (one module each)."""
