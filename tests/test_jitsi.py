@@ -235,10 +235,14 @@ async def test_three_participants_in_real_time(nats_url: str, tmp_path: Path) ->
             assert result["language"] == "en" and result["timestamp"] > 1.6e12
             assert result["event"] == result["type"] == "transcription-result"
         for who in spoken:
-            assert any(r["participant"]["id"] == who for r in got.interims()), who
             assert got.finals(who), who
+        # interims (how many depends on the decode load) revise a segment its final closes
+        assert got.interims()
         final_ids = {r["message_id"] for r in got.finals()}
-        assert {r["message_id"] for r in got.interims()} & final_ids
+        order = [(r["message_id"], r["is_interim"], r["participant"]["id"]) for r in got.results]
+        for at, (segment, interim, who) in enumerate(order):
+            if interim:
+                assert (segment, False, who) in order[at + 1 :], (segment, who)
         assert all(0 < r["transcript"][0]["confidence"] <= 1 for r in got.finals())
         assert_captions(spoken, heard(got, spoken))
 
