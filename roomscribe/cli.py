@@ -152,6 +152,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         from bench.bridge import main as bench_bridge
 
         bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out)
+    elif args.bench_command == "jitsi":
+        from bench.jitsi import main as bench_jitsi
+
+        bench_jitsi(
+            args.tracks, args.talking, args.seconds, args.warmup, args.out, not args.no_webrtc
+        )
     elif args.bench_command == "accuracy":
         from bench.accuracy import main as bench_accuracy
 
@@ -276,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_bridge.add_argument("--seconds", type=float, default=20.0, help="measured window")
     bench_bridge.add_argument("--warmup", type=float, default=5.0)
     bench_bridge.add_argument("--out", help="write the results as JSON here")
+    bench_jitsi = bench_sub.add_parser(
+        "jitsi", parents=[common], help="tagged Opus streams on WS /transcribe beside WebRTC"
+    )
+    bench_jitsi.add_argument("--tracks", type=int, nargs="+", default=[6, 12, 24])
+    bench_jitsi.add_argument("--talking", type=int, default=3)
+    bench_jitsi.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    bench_jitsi.add_argument("--warmup", type=float, default=5.0)
+    bench_jitsi.add_argument("--no-webrtc", action="store_true", help="skip the bridge's runs")
+    bench_jitsi.add_argument("--out", help="write the results as JSON here")
     bench_batch = bench_sub.add_parser("batch", parents=[common])
     bench_batch.add_argument("--minutes", type=float, default=10.0)
     bench_batch.add_argument("--out")

@@ -775,14 +775,18 @@ def _authorized(websocket: WebSocket, settings: Settings, tokens: ListenTokens) 
 
 
 def jitsi_router(
-    runtime: LiveRuntime, settings: Settings, metrics: ApiMetrics | None = None
+    runtime: LiveRuntime,
+    settings: Settings,
+    metrics: ApiMetrics | None = None,
+    sessions: dict[str, JitsiSession] | None = None,
 ) -> APIRouter:
-    """``WS /transcribe`` (the module docstring has the protocol)."""
+    """``WS /transcribe`` (the module docstring has the protocol); ``sessions``: where the
+    open sessions are kept, by ``sessionId`` (for a caller that watches them)."""
     router = APIRouter(tags=["jitsi"])
     registry = metrics.registry if metrics is not None else CollectorRegistry()
     counters = JitsiMetrics(registry)
     tokens = ListenTokens(settings.api.api_keys, settings.limits.listen_token_ttl_s)
-    active: dict[str, JitsiSession] = {}
+    active: dict[str, JitsiSession] = {} if sessions is None else sessions
 
     async def close(websocket: WebSocket, code: int, reason: str) -> None:
         if websocket.application_state != WebSocketState.DISCONNECTED:
