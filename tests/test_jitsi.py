@@ -417,3 +417,24 @@ async def test_auth_and_refused_connections(nats_url: str, tmp_path: Path) -> No
         assert await pong(url(server, "a", token=issued.json()["token"])) is None
         assert await pong(f"ws://127.0.0.1:{server.port}/transcribe?token=key-1") == 1008
         assert await pong(url(server, "a", token="key-1", encoding="mp3")) == 1008
+
+
+async def test_a_newer_socket_takes_the_room_and_silence_ends_it(
+    nats_url: str, tmp_path: Path
+) -> None:
+    async with listen_server(nats_url, tmp_path, limits={"idle_timeout_s": 1.5}) as server:
+        target = url(server, "room-7", sendBack="true")
+        async with connect(target) as first:
+            await first.send('{"event": "ping", "id": 1}')
+            assert json.loads(await first.recv()) == {"event": "pong", "id": 1}
+            async with connect(target) as second:
+                await second.send('{"event": "ping", "id": 2}')
+                assert json.loads(await second.recv()) == {"event": "pong", "id": 2}
+                with pytest.raises(ConnectionClosed) as replaced:
+                    await asyncio.wait_for(first.recv(), 5)
+                assert replaced.value.rcvd is not None and replaced.value.rcvd.code == 1000
+                assert "newer connection" in replaced.value.rcvd.reason
+                # nothing sent: the idle timeout ends the call and closes the socket
+                with pytest.raises(ConnectionClosed) as idle:
+                    await asyncio.wait_for(second.recv(), 10)
+                assert idle.value.rcvd is not None and idle.value.rcvd.code == 4003
