@@ -100,32 +100,23 @@ async def serve_receiver(port: int, data_dir: Path) -> None:
             sampler.cancel()
 
 
-def _messages(programs: Programs, tracks: int, talking: int) -> list[list[str]]:
-    """Per tag, its media messages (looping programs are cut to one pass of the longest)."""
-    sources = [
-        programs.talk[i] if i < talking else programs.silence[(i * 37) :] + programs.silence
-        for i in range(tracks)
-    ]
+def _payloads(programs: Programs, tracks: int, talking: int) -> list[tuple[str, list[str]]]:
+    """Per tag, its name and its packets in base64 (a program loops; numbering does not)."""
     out = []
-    for index, packets in enumerate(sources):
+    for index in range(tracks):
+        packets = programs.talk[index] if index < talking else programs.silence
+        start = 0 if index < talking else index * 37
+        looped = packets[start:] + packets[:start]
         tag = f"{'talker' if index < talking else 'silent'}{index}-{1000 + index}"
-        out.append(
-            [
-                json.dumps(
-                    {
-                        "event": "media",
-                        "media": {
-                            "tag": tag,
-                            "chunk": n,
-                            "timestamp": n * 960,
-                            "payload": base64.b64encode(packet).decode(),
-                        },
-                    }
-                )
-                for n, packet in enumerate(packets)
-            ]
-        )
+        out.append((tag, [base64.b64encode(p).decode() for p in looped]))
     return out
+
+
+def _media(tag: str, payloads: list[str], n: int) -> str:
+    media = {"tag": tag, "chunk": n, "timestamp": (n * 960) % (1 << 32)}
+    return json.dumps(
+        {"event": "media", "media": {**media, "payload": payloads[n % len(payloads)]}}
+    )
 
 
 async def measure(
@@ -137,7 +128,7 @@ async def measure(
     warmup: float,
     seconds: float,
 ) -> dict[str, Any]:
-    streams = _messages(programs, tracks, talking)
+    streams = _payloads(programs, tracks, talking)
     late_max = 0.0
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         await _until_ready(client, receiver)
@@ -158,8 +149,8 @@ async def measure(
                         await asyncio.sleep(wait)
                     else:
                         late_max = max(late_max, -wait)
-                    for messages in streams:
-                        await ws.send(messages[n % len(messages)])
+                    for tag, payloads in streams:
+                        await ws.send(_media(tag, payloads, n))
                     n += 1
 
             reader = asyncio.create_task(drain())

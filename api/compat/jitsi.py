@@ -586,6 +586,7 @@ class JitsiSession:
         self.call: CallSession | None = None
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
         self._dropped = 0
+        self._ticked = time.monotonic()
 
     def send(self, text: str, droppable: bool = False) -> None:
         if droppable and self._out.qsize() >= _OUT_BACKLOG:
@@ -661,8 +662,10 @@ class JitsiSession:
             text = message.get("text")
             if text is None:
                 self.reject(Rejected("binary_frame", "binary frames are not part of the protocol"))
-                continue
-            await self._handle(call, text)
+            else:
+                await self._handle(call, text)
+            if time.monotonic() - self._ticked >= _TICK_S:  # busy sockets never time out
+                await self._tick()
 
     async def _handle(self, call: CallSession, text: str) -> None:
         try:
@@ -751,7 +754,7 @@ class JitsiSession:
 
     async def _tick(self) -> None:
         """Tags that went quiet hand over what their reorder buffer and batch hold."""
-        now = time.monotonic()
+        now = self._ticked = time.monotonic()
         for tag in self.tags.values():
             if now - tag.last_arrival >= _QUIET_S:
                 self._report(tag.fill_quiet(now), tag.tag)
