@@ -362,8 +362,17 @@ async def test_ogg_opus_pages(nats_url: str, tmp_path: Path) -> None:
 async def test_dump_replay_command(nats_url: str, tmp_path: Path) -> None:
     programs = [TagProgram("ffff6666-6", [(0.2, utterance(CLIPS[2]))], numbers_as_strings=True)]
     dump = tmp_path / "media.jsonl"
-    write_dump(dump, media_messages(programs))
-    assert len(read_dump(dump)) == len(media_messages(programs))
+    # the bridge announces each tag first; its endpointId names the participant
+    start = {
+        "event": "start",
+        "start": {
+            "tag": "ffff6666-6",
+            "mediaFormat": {"encoding": "opus", "sampleRate": 48000, "channels": 2},
+            "customParameters": {"endpointId": "reader"},
+        },
+    }
+    write_dump(dump, [(0.0, json.dumps(start)), *media_messages(programs)])
+    assert len(read_dump(dump)) == len(media_messages(programs)) + 1
     async with listen_server(nats_url, tmp_path / "data") as server:
         target = url(server, "dumped", sendBack="true")
         process = await asyncio.create_subprocess_exec(
@@ -388,7 +397,8 @@ async def test_dump_replay_command(nats_url: str, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     summary = lines[-1]["summary"]
     assert summary["close_code"] == 1000 and summary["sent"] == len(read_dump(dump))
-    assert wer(reference(2), summary["participants"]["ffff6666"]) <= 0.3, summary
+    assert list(summary["participants"]) == ["reader"], summary
+    assert wer(reference(2), summary["participants"]["reader"]) <= 0.3, summary
     assert all(line["type"] == "transcription-result" for line in lines[:-1])
 
 
