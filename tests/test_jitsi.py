@@ -321,7 +321,7 @@ async def test_bad_input_is_counted_and_the_rest_goes_on(
         "invalid_media": 1,
         "bad_base64": 1,
         "binary_frame": 1,
-        "unsupported_encoding": 2,
+        "unsupported_encoding": 1,  # at start; its media is dropped quietly
         "duplicate": 1,
         "late": 1,
         "undecodable_opus": 1,
@@ -448,3 +448,28 @@ async def test_a_newer_socket_takes_the_room_and_silence_ends_it(
                 with pytest.raises(ConnectionClosed) as idle:
                     await asyncio.wait_for(second.recv(), 10)
                 assert idle.value.rcvd is not None and idle.value.rcvd.code == 4003
+
+
+async def test_nats_only_and_a_tag_past_capacity(nats_url: str, tmp_path: Path) -> None:
+    programs = [
+        TagProgram("aaaa1111-1", [(0.2, utterance(CLIPS[1]))]),
+        TagProgram("bbbb2222-2", [(0.4, utterance(CLIPS[4]))]),
+    ]
+    async with listen_server(nats_url, tmp_path, limits={"max_streams": 1}) as server:
+        on_nats: list[CaptionFrame] = []
+
+        async def collect(msg: Msg) -> None:
+            frame = parse_frame(msg.data)
+            if isinstance(frame, CaptionFrame) and frame.type == "final":
+                on_nats.append(frame)
+
+        await server.nc.subscribe(server.runtime.subjects.room_captions("quiet"), cb=collect)
+        # neither sendBack nor sendBackInterim: captions go to NATS only
+        got = await replay(url(server, "quiet"), media_messages(programs), realtime=False)
+        assert got.close_code == 1000 and not got.results
+        await eventually(lambda: bool(on_nats), 30)
+        assert {f.participant for f in on_nats} == {"aaaa1111"}
+        assert wer(reference(1), " ".join(f.text for f in on_nats)) <= 0.3
+        counts = await rejected_counts(server)
+    assert counts["capacity"] == 1  # once per limits.retry_after_s, not per packet
+    assert {k for k, v in counts.items() if v} == {"capacity"}

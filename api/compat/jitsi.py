@@ -709,8 +709,8 @@ class JitsiSession:
 
     async def _media(self, call: CallSession, packet: MediaPacket) -> None:
         started = self.start_params.get(packet.tag, {})
-        if started.get("refused"):
-            raise Rejected("unsupported_encoding", f"tag {packet.tag!r} was refused at start")
+        if started.get("refused"):  # counted once, at its start event
+            return
         tag = self.tags.get(packet.tag)
         if tag is None:
             endpoint, ssrc = participant_of(packet.tag)
@@ -728,8 +728,8 @@ class JitsiSession:
             self.reject(problem, tag.tag)
 
     async def _open(self, call: CallSession, tag: TagStream) -> bool:
-        if time.monotonic() < tag.refused_until:
-            raise Rejected("capacity", f"tag {tag.tag!r} is not captioned (no capacity)")
+        if time.monotonic() < tag.refused_until:  # refused (and counted) once per retry period
+            return False
         previous = self.tags.get(self.owners.get(tag.participant, ""))
         if previous is not None and previous is not tag:
             self._report(previous.flush(), previous.tag)
