@@ -24,6 +24,7 @@ from api.compat.jitsi import (
     OggOpusPackets,
     Rejected,
     Reorder,
+    TagStream,
     Unwrapper,
     parse_media,
     parse_message,
@@ -175,6 +176,36 @@ def test_rtp_clock_wraps_and_packets_are_put_in_order() -> None:
     with pytest.raises(Rejected) as late:
         order.add(-1, b"x")
     assert late.value.reason == "late"
+
+
+def test_a_restarted_sender_clock_is_followed() -> None:
+    pushed: list[tuple[float, int]] = []
+
+    class Stream:
+        audio_seconds = 0.0
+
+        def push(self, samples: np.ndarray, at: float) -> None:
+            pushed.append((at, samples.size))
+            self.audio_seconds = at + samples.size / 16000
+
+    tag = TagStream("abc-1", "abc", "1", False)
+    tag.attach(Stream())  # type: ignore[arg-type]
+    program = TagProgram("abc-1", [(0.0, utterance(CLIPS[1]))])
+    messages = [parse_media(parse_message(str(text))) for _, text in media_messages([program])]
+    late = 0
+    for packet in messages + messages:  # the second pass starts its timestamps again
+        try:
+            tag.receive(packet)
+        except Rejected as problem:
+            assert problem.reason == "late"
+            late += 1
+    tag.flush()
+    assert late == 24  # then the new clock is followed
+    starts = [at for at, _ in pushed]
+    assert starts == sorted(starts)
+    heard = sum(n for _, n in pushed) / 16000
+    sent = 2 * len(messages) * 0.02
+    assert sent - 0.6 < heard < sent + 0.1, (heard, sent)
 
 
 def test_ogg_pages_split_anywhere() -> None:

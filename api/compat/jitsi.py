@@ -101,6 +101,7 @@ _QUIET_MARGIN_S = 0.5
 _QUIET_FILL_S = 1.5
 _BATCH_S = 0.1  # audio goes to the speaker stream in pieces of this length
 _TICK_S = 0.05
+_RESYNC_AFTER = 25  # packets in a row from before what was played: the sender's clock restarted
 _OUT_BACKLOG = 512
 _TAG = re.compile(r"^([0-9A-Za-z]+)-(\d+)$")
 _RTP_WRAP = 1 << 32
@@ -361,10 +362,13 @@ class TagStream:
         self._pending_at = 0.0
         self._pending_size = 0
         self._quiet_filled = 0.0
+        self._late = 0
+        self._base_at = 0.0
 
     def attach(self, stream: SpeakerStream) -> None:
         self.stream = stream
         self._pcm.restart()
+        self._base_at = 0.0
         self._pending, self._pending_size = [], 0
 
     def _key(self, packet: MediaPacket) -> int:
@@ -385,10 +389,34 @@ class TagStream:
         return position - self._first
 
     def receive(self, packet: MediaPacket) -> list[Rejected]:
-        """Take a packet; returns what went wrong with it or with packets it released."""
+        """Take a packet; returns what went wrong with it or with packets it released; raises
+        :class:`Rejected` for the packet itself (a duplicate, a late one)."""
         self.last_arrival = time.monotonic()
         self._quiet_filled = 0.0
-        return self._play(self._order.add(self._key(packet), packet.payload))
+        try:
+            released = self._order.add(self._key(packet), packet.payload)
+        except Rejected as problem:
+            self._late = self._late + 1 if problem.reason == "late" else 0
+            if self._late < _RESYNC_AFTER:
+                raise
+            problems = self.flush()
+            self._resync()
+            released = self._order.add(self._key(packet), packet.payload)
+            return problems + self._play(released)
+        self._late = 0
+        return self._play(released)
+
+    def _resync(self) -> None:
+        """The sender restarted its clock: later packets continue at the stream's end."""
+        log.info(
+            "tag %s: %d packets in a row from the past, following the new clock",
+            self.tag,
+            self._late,
+        )
+        self._order, self._unwrap = Reorder(), Unwrapper()
+        self._first, self._arrivals, self._late = None, 0, 0
+        self._pcm.restart()
+        self._base_at = self.stream.audio_seconds if self.stream is not None else 0.0
 
     def fill_quiet(self, now: float) -> list[Rejected]:
         """Silence for a tag that stopped sending (see ``_QUIET_S``)."""
@@ -448,7 +476,8 @@ class TagStream:
             frame.time_base = Fraction(1, OPUS_RATE)
             converted = self._pcm.convert(frame)
             if converted is not None and self.stream is not None:
-                self._collect(*converted)
+                samples, at = converted
+                self._collect(samples, self._base_at + at)
 
     def _collect(self, samples: np.ndarray, at: float) -> None:
         expected = self._pending_at + self._pending_size / SAMPLE_RATE
