@@ -123,6 +123,37 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise CliError(exc.code, str(exc)) from exc
 
 
+def _cmd_jitsi(args: argparse.Namespace) -> None:
+    from roomscribe.jvb_replay import read_dump, replay
+
+    try:
+        messages = read_dump(Path(args.file))
+    except (OSError, ValueError) as exc:
+        raise CliError("INVALID_REQUEST", str(exc)) from exc
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    got = asyncio.run(
+        replay(
+            args.url,
+            messages,
+            realtime=args.speed == "1",
+            linger_s=args.linger,
+            headers=headers,
+        )
+    )
+    for result in got.results:
+        if args.interim or not result["is_interim"]:
+            print(json.dumps(result), flush=True)
+    summary = {
+        "sent": got.sent,
+        "send_s": round(got.send_s, 2),
+        "close_code": got.close_code,
+        "finals": len(got.finals()),
+        "interims": len(got.interims()),
+        "participants": {who: got.text(who) for who in got.participants()},
+    }
+    print(json.dumps({"summary": summary}), flush=True)
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     if args.bench_command == "live":
         from bench.live import main as bench_live
@@ -132,6 +163,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         from bench.bridge import main as bench_bridge
 
         bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out, args.dtx)
+    elif args.bench_command == "jitsi":
+        from bench.jitsi import main as bench_jitsi
+
+        bench_jitsi(
+            args.tracks, args.talking, args.seconds, args.warmup, args.out, not args.no_webrtc
+        )
     elif args.bench_command == "accuracy":
         from bench.accuracy import main as bench_accuracy
 
@@ -226,6 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     janus.add_argument("--nats")
     join.set_defaults(func=_cmd_join)
 
+    jitsi = sub.add_parser("jitsi", parents=[common], help="Jitsi Videobridge tools")
+    jitsi_sub = jitsi.add_subparsers(dest="jitsi_command", required=True)
+    jitsi_replay = jitsi_sub.add_parser(
+        "replay",
+        parents=[common],
+        help="play a media.jsonl dump (opus-transcriber-proxy format) to a /transcribe socket",
+    )
+    jitsi_replay.add_argument("file", help="media.jsonl: one {timestamp, direction, data} a line")
+    jitsi_replay.add_argument(
+        "--url",
+        required=True,
+        help="e.g. ws://HOST:8000/transcribe?sessionId=test&sendBack=true&sendBackInterim=true",
+    )
+    jitsi_replay.add_argument("--speed", choices=["1", "max"], default="1")
+    jitsi_replay.add_argument("--token", help="API key, sent as a bearer token")
+    jitsi_replay.add_argument(
+        "--linger", type=float, default=5.0, help="seconds without results before closing"
+    )
+    jitsi_replay.add_argument("--interim", action="store_true", help="print interim results too")
+    jitsi.set_defaults(func=_cmd_jitsi)
+
     bench = sub.add_parser(
         "bench", parents=[common], help="benchmarks (numbers go to BENCHMARKS.md)"
     )
@@ -244,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtx", action="store_true", help="silent tracks send as Opus DTX senders do"
     )
     bench_bridge.add_argument("--out", help="write the results as JSON here")
+    bench_jitsi = bench_sub.add_parser(
+        "jitsi", parents=[common], help="tagged Opus streams on WS /transcribe beside WebRTC"
+    )
+    bench_jitsi.add_argument("--tracks", type=int, nargs="+", default=[6, 12, 24])
+    bench_jitsi.add_argument("--talking", type=int, default=3)
+    bench_jitsi.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    bench_jitsi.add_argument("--warmup", type=float, default=5.0)
+    bench_jitsi.add_argument("--no-webrtc", action="store_true", help="skip the bridge's runs")
+    bench_jitsi.add_argument("--out", help="write the results as JSON here")
     bench_batch = bench_sub.add_parser("batch", parents=[common])
     bench_batch.add_argument("--minutes", type=float, default=10.0)
     bench_batch.add_argument("--out")

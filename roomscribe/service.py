@@ -40,6 +40,7 @@ async def running_service(
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
     from api.compat.deepgram import deepgram_router
+    from api.compat.jitsi import jitsi_router
     from api.compat.live_protocol import live_protocol_router
     from api.compat.tutorial_stream import tutorial_stream_router
     from api.listen import listen_router
@@ -111,6 +112,7 @@ async def running_service(
             tutorial_stream_router(runtime, admission, settings, services.metrics),
             live_protocol_router(runtime, admission, settings, services.metrics),
             deepgram_router(runtime, admission, settings, services.metrics),
+            jitsi_router(runtime, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
         ]
         yield Running(settings, create_app(services), runtime, services, embedded)

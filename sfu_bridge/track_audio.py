@@ -4,56 +4,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Protocol
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from pipeline.pcm import Resampler
+from pipeline.pcm import PcmConverter
 
 log = logging.getLogger(__name__)
 
 RATE = 16000
 
-
-class PcmConverter:
-    """One per track: Opus frames (s16 stereo 48 kHz) in, 16 kHz mono int16 out.
-
-    The audio time of each chunk comes from the frame's pts, so lost or missing packets become
-    a hole (the speaker stream fills it with silence) instead of pulling later speech earlier.
-    """
-
-    def __init__(self) -> None:
-        self._resampler = Resampler()
-        self._next_pts: Fraction | None = None
-        self._samples_out = 0
-        self.gap_s = 0.0  # the hole before the last chunk (Opus DTX silence or lost packets)
-
-    def restart(self) -> None:
-        """The next chunk starts a new stream at audio time 0."""
-        self._next_pts = None
-        self._samples_out = 0
-
-    def convert(self, frame: av.AudioFrame) -> tuple[np.ndarray, float] | None:
-        """Samples and audio time (s since the stream's first sample); ``None`` for a late frame."""
-        start = self._samples_out
-        self.gap_s = 0.0
-        if frame.pts is not None and frame.time_base is not None and frame.sample_rate:
-            pts = frame.pts * frame.time_base
-            duration = Fraction(frame.samples, frame.sample_rate)
-            if self._next_pts is not None:
-                gap = pts - self._next_pts
-                if gap <= -duration / 2:
-                    return None
-                if gap >= duration / 2:
-                    start += round(gap * RATE)
-                    self.gap_s = float(gap)
-            self._next_pts = pts + duration
-        samples = self._resampler.resample(frame)
-        self._samples_out = start + samples.size
-        return samples, start / RATE
+__all__ = ["AudioStats", "AudioTarget", "PcmConverter", "TrackFeed", "drain"]
 
 
 async def drain(track: MediaStreamTrack) -> None:

@@ -31,6 +31,7 @@ class CapacityError(ServiceError):
 class StreamKind(StrEnum):
     WEBSOCKET = "websocket"
     WEBRTC = "webrtc"
+    JITSI = "jitsi"
 
 
 @dataclass(eq=False)
