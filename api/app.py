@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -76,12 +77,28 @@ def create_app(services: Services) -> FastAPI:
             "status": "degraded" if problems else "ok",
             "nats": services.nc.is_connected,
             "problems": problems,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return Response(
             content=json.dumps(body),
             media_type="application/json",
             status_code=503 if problems else 200,
         )
+
+    @app.get("/", tags=["ops"])
+    async def root() -> dict[str, Any]:
+        """Service metadata: name, version and every route."""
+        endpoints = sorted(
+            {path for route in app.routes if (path := getattr(route, "path", None))}
+        )
+        return {
+            "name": app.title,
+            "version": app.version,
+            "description": app.description,
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "endpoints": endpoints,
+        }
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:

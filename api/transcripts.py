@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from api.compat.tutorial_batch import Intelligence, TutorialSegment, intelligence, tutorial_segments
 from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
@@ -143,6 +144,12 @@ class JobView(BaseModel):
     error: dict[str, str] | None
     results: list[str]
     transcript: Transcript | None = None
+    segments: list[TutorialSegment] | None = Field(
+        default=None, description="the tutorial API's flat segments, once completed"
+    )
+    intelligence: Intelligence | None = Field(
+        default=None, description="the tutorial API's summary fields, when summarized"
+    )
 
 
 class JobPage(BaseModel):
@@ -157,7 +164,11 @@ def _services(request: Request) -> Services:
 
 def _view(record: JobRecord, transcript: Transcript | None = None) -> JobView:
     data = record.model_dump(mode="json", exclude={"webhook_url", "attempts"})
-    return JobView.model_validate({**data, "transcript": transcript})
+    view = JobView.model_validate({**data, "transcript": transcript})
+    if transcript is not None:
+        view.segments = tutorial_segments(transcript)
+        view.intelligence = intelligence(transcript)
+    return view
 
 
 async def _json_body(request: Request, model: type[BaseModel], optional: bool = False) -> Any:

@@ -39,6 +39,7 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
+    from api.compat import open_reference, tutorial_batch
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
@@ -90,6 +91,8 @@ async def running_service(
         services.routers += [
             listen_router(runtime, admission, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
+            tutorial_batch.router,
+            open_reference.open_reference_router(),
         ]
         yield Running(settings, create_app(services), runtime, services, embedded)
 
