@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 
@@ -88,8 +89,9 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/", tags=["ops"])
     async def root() -> dict[str, Any]:
         """Service metadata: name, version and every route."""
+        contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
         endpoints = sorted(
-            {path for route in app.routes if (path := getattr(route, "path", None))}
+            {path for route in contexts(app.routes) if (path := getattr(route, "path", None))}
         )
         return {
             "name": app.title,

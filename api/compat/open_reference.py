@@ -861,6 +861,8 @@ def open_reference_router() -> APIRouter:
         if body.end_time <= body.start_time:
             raise _fail(400, f"end_time {body.end_time:g} is not after start_time {body.start_time:g}")
         record = await _transcription(services, job_id)
+        model = _model(body.model_name, services, services.settings.postcall.model)
+        language = _language(model, body.language) or record.options.language
         try:
             data = await services.store.get_file(record.id, "audio")
         except JobNotFoundError as exc:
@@ -872,8 +874,6 @@ def open_reference_router() -> APIRouter:
         if body.start_time >= duration:
             raise _fail(400, f"start_time {body.start_time:g} is past the audio's end ({duration:.2f} s)")
         clip = samples[int(body.start_time * SAMPLE_RATE) : int(body.end_time * SAMPLE_RATE)]
-        model = _model(body.model_name, services, services.settings.postcall.model)
-        language = _language(model, body.language) or record.options.language
         speaker = await _speaker_at(services, record, body.start_time, body.end_time)
         return await _recognize_clip(
             services, clip, f"{body.segment_id}.wav", model, language, body.segment_id, speaker
