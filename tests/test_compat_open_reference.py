@@ -184,9 +184,7 @@ async def test_transcribe_result_live_debug_and_retranslate(
         assert result["language"] == "en"
         assert abs(result["audio_duration"] - (spans[-1][1] + GAP_S)) < 0.1
         assert wer(everything, result["text"]) <= 0.15, result["text"]
-        assert [
-            {k: v for k, v in s.items() if k != "type"} for s in produced
-        ] == result["segments"]
+        assert [{k: v for k, v in s.items() if k != "type"} for s in produced] == result["segments"]
         for segment in result["segments"]:
             assert set(segment) == {
                 "start",
@@ -267,9 +265,7 @@ async def test_transcribe_result_live_debug_and_retranslate(
         assert _detail(await client.get("/api/transcribe/debug/nope"), 404)
 
 
-async def test_bad_input_gets_detail_and_the_service_goes_on(
-    nats_url: str, tmp_path: Path
-) -> None:
+async def test_bad_input_gets_detail_and_the_service_goes_on(nats_url: str, tmp_path: Path) -> None:
     wav = librivox_files()[0]
     settings = make_settings(nats_url, tmp_path)
     async with (

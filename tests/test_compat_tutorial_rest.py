@@ -158,7 +158,9 @@ async def test_webhook_test_sends_a_signed_event(nats_url: str, tmp_path: Path) 
             assert missing.status_code == 422
             assert missing.json()["error"]["code"] == "INVALID_REQUEST"
             malformed = await client.post(
-                "/v1/webhooks/test", content=b'{"url": ', headers={"Content-Type": "application/json"}
+                "/v1/webhooks/test",
+                content=b'{"url": ',
+                headers={"Content-Type": "application/json"},
             )
             assert malformed.status_code == 400
             extra = await client.post("/v1/webhooks/test", json={"url": url, "secret": "x"})

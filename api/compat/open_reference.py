@@ -16,6 +16,7 @@
 """
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -57,6 +58,7 @@ from pipeline.jobs import (
     JobSource,
     JobState,
     new_job_id,
+    wait_for,
 )
 from protocol.errors import ErrorCode, ServiceError, error_body
 from protocol.openapi import inline_schema
@@ -414,9 +416,7 @@ async def _result(services: Services, record: JobRecord) -> TranscriptionResult:
     )
 
 
-def _as_transcript(
-    job_id: str, segments: list[InputSegment], full_text: str | None
-) -> Transcript:
+def _as_transcript(job_id: str, segments: list[InputSegment], full_text: str | None) -> Transcript:
     """A caller's transcript (segments, or ``full_text`` as one segment) for the engines."""
     parts = [s for s in segments if s.text.strip()]
     if not parts and full_text and full_text.strip():
@@ -449,7 +449,8 @@ def _words(text: str) -> int:
 
 
 def _clip_words(items: list[str], limit: int) -> list[str]:
-    kept, used = [], 0
+    kept: list[str] = []
+    used = 0
     for item in items:
         count = _words(item)
         if used + count > limit:
@@ -511,9 +512,7 @@ async def _recognize_clip(
     store = services.store
     await store.submit(record, data)
     try:
-        async with asyncio.timeout(RETRANSLATE_WAIT_S):
-            while not (record := await store.get(record.id)).status.terminal:
-                await asyncio.sleep(POLL_S)
+        record = await wait_for(store, record.id, RETRANSLATE_WAIT_S, POLL_S)
         if record.status == JobState.FAILED:
             error = record.error
             code = error.code if error else ErrorCode.INTERNAL
@@ -524,11 +523,9 @@ async def _recognize_clip(
             500, f"recognition did not finish in {RETRANSLATE_WAIT_S:g} s", ErrorCode.INTERNAL
         ) from exc
     finally:
-        try:
+        with contextlib.suppress(JobNotFoundError):
             await store.delete(record.id)
             await services.notifier.forget(record.id)
-        except JobNotFoundError:
-            pass
     words = [w for s in transcript.segments for w in s.words]
     return Retranslated(
         segment_id=segment_id,
@@ -711,14 +708,10 @@ def open_reference_router() -> APIRouter:
             await websocket.send_json({"type": "error", "detail": "missing or unknown API key"})
             await websocket.close(4001)
             return
-        try:
+        with contextlib.suppress(WebSocketDisconnect):
             await _follow(websocket, services, job_id)
-        except WebSocketDisconnect:
-            pass
 
-    @router.post(
-        "/api/summary/", response_model=Started, responses=errors(400, 422)
-    )
+    @router.post("/api/summary/", response_model=Started, responses=errors(400, 422))
     async def summary_start(request: Request, body: SummaryRequest) -> Started:
         services = _services(request)
         now = time.time()
@@ -750,9 +743,7 @@ def open_reference_router() -> APIRouter:
             progress=100 if record.status == JobState.COMPLETED else record.progress,
         )
 
-    @router.get(
-        "/api/summary/{job_id}", response_model=SummaryResult, responses=errors(400, 404)
-    )
+    @router.get("/api/summary/{job_id}", response_model=SummaryResult, responses=errors(400, 404))
     async def summary_result(request: Request, job_id: str) -> SummaryResult:
         services = _services(request)
         record = await _summary_record(services, job_id)
@@ -859,7 +850,9 @@ def open_reference_router() -> APIRouter:
         except ValueError as exc:
             raise _fail(422, f"body: {exc}") from exc
         if body.end_time <= body.start_time:
-            raise _fail(400, f"end_time {body.end_time:g} is not after start_time {body.start_time:g}")
+            raise _fail(
+                400, f"end_time {body.end_time:g} is not after start_time {body.start_time:g}"
+            )
         record = await _transcription(services, job_id)
         model = _model(body.model_name, services, services.settings.postcall.model)
         language = _language(model, body.language) or record.options.language
@@ -872,7 +865,9 @@ def open_reference_router() -> APIRouter:
         samples = await _decoded(data, record.source.filename or "audio")
         duration = samples.size / SAMPLE_RATE
         if body.start_time >= duration:
-            raise _fail(400, f"start_time {body.start_time:g} is past the audio's end ({duration:.2f} s)")
+            raise _fail(
+                400, f"start_time {body.start_time:g} is past the audio's end ({duration:.2f} s)"
+            )
         clip = samples[int(body.start_time * SAMPLE_RATE) : int(body.end_time * SAMPLE_RATE)]
         speaker = await _speaker_at(services, record, body.start_time, body.end_time)
         return await _recognize_clip(
@@ -910,6 +905,16 @@ async def _summary_record(services: Services, job_id: str) -> JobRecord:
     return record
 
 
+async def _finish(services: Services, job_id: str, target: JobState, **changes: Any) -> None:
+    # the worker's stale-job sweep may have marked a slow summary "retrying" (queued)
+    def finished(record: JobRecord) -> JobRecord:
+        if record.status == JobState.QUEUED:
+            record = record.transition(JobState.PROCESSING)
+        return record.transition(target, **changes)
+
+    await services.store.modify(job_id, finished)
+
+
 async def _summarize(
     services: Services, job_id: str, transcript: Transcript, style: str, max_length: int
 ) -> None:
@@ -925,20 +930,24 @@ async def _summarize(
             model_used=used,
         )
         await services.store.put_file(job_id, "summary.json", result.model_dump_json().encode())
-        await services.store.transition(
-            job_id, JobState.COMPLETED, progress=100, message="completed", results=["summary.json"]
+        await _finish(
+            services,
+            job_id,
+            JobState.COMPLETED,
+            progress=100,
+            message="completed",
+            results=["summary.json"],
         )
     except Exception as exc:
         log.exception("summary %s failed", job_id)
-        try:
-            await services.store.transition(
+        with contextlib.suppress(JobNotFoundError):
+            await _finish(
+                services,
                 job_id,
                 JobState.FAILED,
                 message="failed",
                 error={"code": ErrorCode.INTERNAL, "message": str(exc) or type(exc).__name__},
             )
-        except JobNotFoundError:
-            pass
 
 
 def _live_status(record: JobRecord) -> dict[str, Any]:
@@ -960,8 +969,13 @@ async def _follow(websocket: WebSocket, services: Services, job_id: str) -> None
             record = await _transcription(services, job_id)
         except ApiError:
             await websocket.send_json(
-                {"type": "status", "job_id": job_id, "status": "not_found",
-                 "message": NOT_FOUND_MESSAGE, "progress": 0}
+                {
+                    "type": "status",
+                    "job_id": job_id,
+                    "status": "not_found",
+                    "message": NOT_FOUND_MESSAGE,
+                    "progress": 0,
+                }
             )
             await websocket.close(4404)
             return

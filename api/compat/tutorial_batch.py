@@ -126,9 +126,7 @@ async def test_webhook(request: Request) -> WebhookTestResult:
     services: Services = request.app.state.services
     raw = await request.body()
     try:
-        body = (
-            WebhookTestRequest.model_validate_json(raw) if raw.strip() else WebhookTestRequest()
-        )
+        body = WebhookTestRequest.model_validate_json(raw) if raw.strip() else WebhookTestRequest()
     except ValidationError as exc:
         malformed = any(e["type"] == "json_invalid" for e in exc.errors())
         message = "; ".join(
