@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from api.compat import open_reference
 from engines.diarization_export import ExportUnavailableError, prepare_diarization
 from tests.api_helpers import make_settings, wer
 from tests.conftest import librivox_files, librivox_reference, read_wav16
@@ -265,7 +266,9 @@ async def test_transcribe_result_live_debug_and_retranslate(
         assert _detail(await client.get("/api/transcribe/debug/nope"), 404)
 
 
-async def test_bad_input_gets_detail_and_the_service_goes_on(nats_url: str, tmp_path: Path) -> None:
+async def test_bad_input_gets_detail_and_the_service_goes_on(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wav = librivox_files()[0]
     settings = make_settings(nats_url, tmp_path)
     async with (
@@ -323,6 +326,12 @@ async def test_bad_input_gets_detail_and_the_service_goes_on(nats_url: str, tmp_
             422,
         )
 
+        not_utf8 = await client.post(
+            "/api/chat/",
+            content=b'{"messages": "\xf3"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert _detail(not_utf8, 400)
         chat_empty = await client.post("/api/chat/", json={**CHAT_EXAMPLE, "messages": []})
         problems = _detail(chat_empty, 422)
         assert isinstance(problems, list) and problems[0]["loc"][-1] == "messages"
@@ -335,6 +344,16 @@ async def test_bad_input_gets_detail_and_the_service_goes_on(nats_url: str, tmp_
         assert _detail(bad_format, 422)
         assert _detail(await client.get("/api/summary/tr_000000000000deadbeef"), 404)
         assert _detail(await client.get("/api/summary/status/tr_000000000000deadbeef"), 404)
+
+        def broken(_: Path) -> None:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(open_reference, "list_models", broken)
+        crashed = await client.get("/api/transcribe/models")
+        request_id = crashed.headers["X-Request-ID"]
+        assert request_id in _detail(crashed, 500)
+        assert crashed.json()["error"]["code"] == "INTERNAL"
+        monkeypatch.undo()
 
         alive = await client.post(
             "/api/transcribe/",

@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AccessPolicy
 from api.errors import ApiError, errors
@@ -67,6 +68,9 @@ from protocol.transcript import Segment, Speaker, Summary, Transcript
 log = logging.getLogger("roomscribe.compat.open_reference")
 
 NOT_FOUND_MESSAGE = "Transcription job not found or expired"
+# bounds a caller's transcript so that one just past them still fits api.max_json_kb (256 KiB)
+MAX_SEGMENTS = 5000
+MAX_TEXT_CHARS = 200_000
 RETRANSLATE_WAIT_S = 300.0
 POLL_S = 0.25
 TRANSCRIPTION_KINDS = (JobKind.BATCH, JobKind.POSTCALL, JobKind.RETRANSCRIBE)
@@ -96,6 +100,15 @@ class DetailRoute(APIRoute):
                 )
                 return detail_response(
                     422, ErrorCode.INVALID_REQUEST, message, jsonable_encoder(problems)
+                )
+            except StarletteHTTPException as exc:
+                code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_REQUEST
+                return detail_response(exc.status_code, code, str(exc.detail))
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                request_id = request.scope.get("state", {}).get("request_id", "")
+                return detail_response(
+                    500, ErrorCode.INTERNAL, f"internal error (request id {request_id})"
                 )
 
         return answer
@@ -175,8 +188,8 @@ class InputSegment(BaseModel):
 
 
 class SummaryRequest(BaseModel):
-    transcript: list[InputSegment] = Field(default_factory=list, max_length=10_000)
-    full_text: str | None = Field(default=None, max_length=1_000_000)
+    transcript: list[InputSegment] = Field(default_factory=list, max_length=MAX_SEGMENTS)
+    full_text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     model_name: str | None = Field(default=None, max_length=256)
     max_length: int = Field(default=500, ge=1, le=100_000)
     format: Literal["paragraph", "bullet_points", "key_points"] = "paragraph"
@@ -201,8 +214,8 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    transcript: list[InputSegment] = Field(default_factory=list, max_length=10_000)
-    full_text: str | None = Field(default=None, max_length=1_000_000)
+    transcript: list[InputSegment] = Field(default_factory=list, max_length=MAX_SEGMENTS)
+    full_text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     model_name: str | None = Field(default=None, max_length=256)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
@@ -289,13 +302,17 @@ def _language(model: str, language: str | None) -> str | None:
     return code
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
 def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
     value = fields.get(name, "").strip().lower()
     if not value:
         return default
-    if value in ("true", "1", "yes"):
+    if value in _TRUE:
         return True
-    if value in ("false", "0", "no"):
+    if value in _FALSE:
         return False
     raise _fail(400, f"{name}: expected true or false, got {value!r}")
 
@@ -552,7 +569,13 @@ _TRANSCRIBE_FORM = _form_body(
         "file": {"type": "string", "format": "binary"},
         "model_name": {"type": "string", "default": "tiny.en"},
         "language": {"type": "string", "maxLength": 16},
-        "diarize": {"type": "boolean", "default": True},
+        "diarize": {
+            "anyOf": [
+                {"type": "boolean"},
+                {"type": "string", "enum": [*_TRUE, *_FALSE, "True", "False"]},
+            ],
+            "default": True,
+        },
     },
     ["file"],
 )
