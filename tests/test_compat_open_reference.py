@@ -18,7 +18,8 @@ from api.compat import open_reference
 from engines.diarization_export import ExportUnavailableError, prepare_diarization
 from tests.api_helpers import make_settings, wer
 from tests.conftest import librivox_files, librivox_reference, read_wav16
-from tests.pyannote_sample import cache_root
+from tests.fake_llm import Reply, fake_llm
+from tests.pyannote_sample import cache_root, pyannote_sample
 from tests.service_helpers import served
 
 # the reference's example bodies, as printed
@@ -500,3 +501,87 @@ async def test_api_keys_apply_to_every_route(nats_url: str, tmp_path: Path) -> N
         assert code == 4001 and refused[0]["type"] == "error"
         missing, code = await _follow(f"{base}?api_key=k1")
         assert code == 4404 and missing[0]["status"] == "not_found"
+
+
+async def test_chat_and_summary_through_the_configured_llm(nats_url: str, tmp_path: Path) -> None:
+    references = librivox_reference()
+    wav = librivox_files()[0]
+    said = references[wav.stem]
+    segments = [{"start": 0.0, "end": 5.6, "text": said}]
+
+    def respond(body: dict[str, Any]) -> Reply:
+        system = body["messages"][0]["content"]
+        if "answer questions" in system:
+            return Reply(
+                json.dumps({"answer": "John Dashwood (at 0.0s).", "segment_ids": ["s0000"]})
+            )
+        item = {"text": "Dashwood weighs what he can do.", "start": 0.0, "end": 5.6}
+        return Reply(json.dumps({"summary": [item], "topics": [{**item, "text": "Dashwood"}]}))
+
+    with fake_llm() as llm:
+        llm.respond = respond
+        settings = make_settings(
+            nats_url,
+            tmp_path,
+            postcall={"run_worker": False, "llm_base_url": llm.base_url, "llm_model": "test-model"},
+        )
+        async with (
+            served(settings) as service,
+            httpx.AsyncClient(base_url=service.http_url, timeout=60) as client,
+        ):
+            models = (await client.get("/api/chat/models")).json()["models"]
+            assert [m["id"] for m in models] == ["test-model", "embedded"]
+            chat = await client.post(
+                "/api/chat/",
+                json={**CHAT_EXAMPLE, "transcript": segments, "full_text": said},
+            )
+            reply = chat.json()
+            assert reply["model_used"] == "test-model"
+            assert reply["message"] == {"role": "assistant", "content": "John Dashwood (at 0.0s)."}
+            assert reply["usage"]["completion"] == 4
+            asked = llm.requests[-1][1]["messages"][-1]["content"]
+            assert "What did speaker 2 request?" in asked and said in asked
+
+            started = await client.post(
+                "/api/summary/", json={**SUMMARY_EXAMPLE, "transcript": segments}
+            )
+            job_id = started.json()["job_id"]
+            assert (await _poll(client, f"/api/summary/status/{job_id}"))["status"] == "completed"
+            summary = (await client.get(f"/api/summary/{job_id}")).json()
+            assert summary == {
+                "summary": "Dashwood weighs what he can do.",
+                "topics": ["Dashwood"],
+                "length": 6,
+                "model_used": "test-model",
+            }
+
+
+async def test_two_speakers_get_their_labels_and_confidence(
+    nats_url: str, tmp_path: Path, diarization_models: Path
+) -> None:
+    sample = pyannote_sample()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "diarization").symlink_to(diarization_models)
+    settings = make_settings(nats_url, tmp_path)
+    async with (
+        served(settings) as service,
+        httpx.AsyncClient(base_url=service.http_url, timeout=60) as client,
+    ):
+        started = await client.post(
+            "/api/transcribe/",
+            files={"file": ("sample.wav", sample.wav.read_bytes(), "audio/wav")},
+            data={"model_name": "tiny.en", "language": "en", "diarize": "true"},
+        )
+        job_id = started.json()["job_id"]
+        done = await _poll(client, f"/api/transcribe/status/{job_id}", limit_s=300)
+        assert done["status"] == "completed", done
+        result = (await client.get(f"/api/transcribe/result/{job_id}")).json()
+        core = (await client.get(f"/v1/transcripts/{job_id}")).json()["transcript"]
+    assert {s["speaker"] for s in result["segments"]} == {"SPEAKER_1", "SPEAKER_2"}
+    labels = {s["speaker"]: f"SPEAKER_{s['speaker'][1:]}" for s in core["segments"]}
+    spoken = [s for s in core["segments"] if s["text"].strip()]
+    assert [labels[s["speaker"]] for s in spoken] == [s["speaker"] for s in result["segments"]]
+    confidences = [s["speaker_confidence"] for s in result["segments"]]
+    assert all(0.0 <= c <= 1.0 for c in confidences)
+    print(f"speaker_confidence mean {np.mean(confidences):.3f} min {min(confidences):.3f}")
+    assert np.mean(confidences) >= 0.8

@@ -386,13 +386,10 @@ def _speaker_confidence(
     if turns is None:
         return None
     span = segment.end - segment.start
-    if span <= 0:
-        return None
-    inside = sum(
-        max(0.0, min(end, segment.end) - max(start, segment.start))
-        for start, end, speaker in turns
-        if speaker == segment.speaker
-    )
+    mine = [(start, end) for start, end, speaker in turns if speaker == segment.speaker]
+    if span <= 0:  # one instant: whether a turn of its speaker holds it
+        return float(any(start <= segment.start <= end for start, end in mine))
+    inside = sum(max(0.0, min(end, segment.end) - max(start, segment.start)) for start, end in mine)
     return round(min(inside / span, 1.0), 3)
 
 
