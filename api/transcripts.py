@@ -387,9 +387,9 @@ async def export_transcript(
 async def get_transcript(request: Request, job_id: str) -> JobView:
     services = _services(request)
     record = await _record(services, job_id)
-    transcript = (
-        await _transcript(services, record) if record.status == JobState.COMPLETED else None
-    )
+    # a summary job (POST /api/summary/) has a summary, not a transcript
+    finished = record.status == JobState.COMPLETED and record.kind != JobKind.SUMMARY
+    transcript = await _transcript(services, record) if finished else None
     return _view(record, transcript)
 
 

@@ -413,7 +413,14 @@ async def test_summary_chat_metadata_and_health(nats_url: str, tmp_path: Path) -
         assert points and all(re.match(r"\d+\. ", line) for line in points)
         assert by_format["key_points"]["length"] <= 40
         assert isinstance(by_format["paragraph"]["topics"], list)
-        # a summary is not a transcription job
+        # a summary is a job of its own kind, not a transcription job
+        stored = (await client.get(f"/v1/transcripts/{first}")).json()
+        assert (stored["kind"], stored["status"], stored["transcript"]) == (
+            "summary",
+            "completed",
+            None,
+        )
+        assert stored["results"] == ["summary.json"]
         assert (await client.get("/api/transcribe/jobs")).json()["count"] == 0
         assert (await client.get(f"/api/transcribe/status/{first}")).json()["status"] == (
             "not_found"
