@@ -2,10 +2,12 @@
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 
@@ -81,12 +83,29 @@ def create_app(services: Services) -> FastAPI:
             "nats": services.nc.is_connected,
             "bot": services.bot_id,
             "problems": problems,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return Response(
             content=json.dumps(body),
             media_type="application/json",
             status_code=503 if problems else 200,
         )
+
+    @app.get("/", tags=["ops"])
+    async def root() -> dict[str, Any]:
+        """Service metadata: name, version and every route."""
+        contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
+        endpoints = sorted(
+            {path for route in contexts(app.routes) if (path := getattr(route, "path", None))}
+        )
+        return {
+            "name": app.title,
+            "version": app.version,
+            "description": app.description,
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "endpoints": endpoints,
+        }
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from api.compat.tutorial_batch import Intelligence, TutorialSegment, intelligence, tutorial_segments
 from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
@@ -143,6 +144,12 @@ class JobView(BaseModel):
     error: dict[str, str] | None
     results: list[str]
     transcript: Transcript | None = None
+    segments: list[TutorialSegment] | None = Field(
+        default=None, description="the tutorial API's flat segments, once completed"
+    )
+    intelligence: Intelligence | None = Field(
+        default=None, description="the tutorial API's summary fields, when summarized"
+    )
 
 
 class JobPage(BaseModel):
@@ -157,7 +164,11 @@ def _services(request: Request) -> Services:
 
 def _view(record: JobRecord, transcript: Transcript | None = None) -> JobView:
     data = record.model_dump(mode="json", exclude={"webhook_url", "attempts"})
-    return JobView.model_validate({**data, "transcript": transcript})
+    view = JobView.model_validate({**data, "transcript": transcript})
+    if transcript is not None:
+        view.segments = tutorial_segments(transcript)
+        view.intelligence = intelligence(transcript)
+    return view
 
 
 async def _json_body(request: Request, model: type[BaseModel], optional: bool = False) -> Any:
@@ -376,9 +387,9 @@ async def export_transcript(
 async def get_transcript(request: Request, job_id: str) -> JobView:
     services = _services(request)
     record = await _record(services, job_id)
-    transcript = (
-        await _transcript(services, record) if record.status == JobState.COMPLETED else None
-    )
+    # a summary job (POST /api/summary/) has a summary, not a transcript
+    finished = record.status == JobState.COMPLETED and record.kind != JobKind.SUMMARY
+    transcript = await _transcript(services, record) if finished else None
     return _view(record, transcript)
 
 

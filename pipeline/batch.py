@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -185,6 +186,9 @@ async def run_batch(ctx: JobContext) -> Transcript:
     if diarizer is not None:
         ctx.progress(0.8, "diarizing")
         turns = await asyncio.to_thread(diarizer.diarize, samples, options.speakers_expected)
+        # kept beside the transcript: how much of a segment its speaker's turns cover
+        spans = [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns]
+        await ctx.store.put_file(record.id, "turns.json", json.dumps(spans).encode())
         parts = [
             (p.speaker, p.start, p.end, p.text, p.words)
             for p in split_segments(turns, result.segments)

@@ -36,6 +36,8 @@ class JobKind(StrEnum):
     BATCH = "batch"
     POSTCALL = "postcall"
     RETRANSCRIBE = "retranscribe"
+    # a summary of a caller's transcript (``POST /api/summary/``): stored, never queued
+    SUMMARY = "summary"
 
 
 class IllegalTransitionError(Exception):

@@ -21,6 +21,7 @@ class WebhookEventType(StrEnum):
     TRANSCRIPT_FAILED = "transcript.failed"
     TRANSCRIPT_REVISED = "transcript.revised"
     CALL_ENDED = "call.ended"
+    WEBHOOK_TEST = "webhook.test"
 
 
 class WebhookEvent(BaseModel):

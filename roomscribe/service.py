@@ -39,6 +39,7 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
+    from api.compat import open_reference, tutorial_batch
     from api.compat.deepgram import deepgram_router
     from api.compat.jitsi import jitsi_router
     from api.compat.live_protocol import live_protocol_router
@@ -114,6 +115,8 @@ async def running_service(
             deepgram_router(runtime, admission, settings, services.metrics),
             jitsi_router(runtime, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
+            tutorial_batch.router,
+            open_reference.open_reference_router(),
         ]
         yield Running(settings, create_app(services), runtime, services, embedded)
 
