@@ -81,10 +81,11 @@ def create_app(services: Services) -> FastAPI:
         body = {
             "status": "degraded" if problems else "ok",
             "nats": services.nc.is_connected,
-            "bot": services.bot_id,
             "problems": problems,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if services.bot_id is not None:
+            body["bot"] = services.bot_id
         return Response(
             content=json.dumps(body),
             media_type="application/json",
