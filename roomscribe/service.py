@@ -39,6 +39,7 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
+    from api.compat import post_call_recordings
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
@@ -91,6 +92,7 @@ async def running_service(
             listen_router(runtime, admission, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
         ]
+        services.routers.append(post_call_recordings.router)
         yield Running(settings, create_app(services), runtime, services, embedded)
 
 

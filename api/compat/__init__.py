@@ -1,0 +1,1 @@
+"""Adapters that speak other transcription APIs over roomscribe's own services."""
