@@ -1,6 +1,7 @@
 """One access policy for every HTTP route of the app.
 
-With ``api.api_keys`` set, every path needs ``Authorization: Bearer <API key>`` unless
+With ``api.api_keys`` set, every path needs ``Authorization: Bearer <API key>`` (or the bare
+key, as the recording platform's clients send it) unless
 ``api.public_paths`` lists it (an entry ending in ``*`` is a prefix). Paths under a scoped
 prefix (the bridge's) also accept that scope's narrower tokens (``bridge.bearer_tokens``),
 and need one of them even when no API key is set. ``/v1/listen`` (a WebSocket) applies the
@@ -27,7 +28,9 @@ def matches(token: str, accepted: Sequence[str]) -> bool:
 
 def bearer_token(scope: Scope) -> str:
     header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = header.strip().partition(" ")
+    if not token:  # the bare key, as the recording platform's clients send it
+        return scheme
     return token.strip() if scheme.lower() == "bearer" else ""
 
 

@@ -35,6 +35,8 @@ class Services:
     routers: list[APIRouter] = field(default_factory=list)
     # path prefix -> credentials it accepts besides API keys (the bridge's bearer tokens)
     scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
+    # paths open without an API key besides api.public_paths (they check their own signature)
+    public_paths: list[str] = field(default_factory=list)
     run_worker: bool = False
     publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)

@@ -39,7 +39,7 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
-    from api.compat import post_call_recordings
+    from api.compat import openai_audio, post_call_recordings, recording_platform
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
@@ -93,6 +93,9 @@ async def running_service(
             overlay_router(settings, websocket_url, credentials),
         ]
         services.routers.append(post_call_recordings.router)
+        services.routers.append(recording_platform.router)
+        services.routers.append(openai_audio.router)
+        services.public_paths.append(recording_platform.DOWNLOAD_PREFIX + "*")  # signed URLs
         yield Running(settings, create_app(services), runtime, services, embedded)
 
 
