@@ -4,17 +4,19 @@ WER beside plain faster-whisper on the same audio, and the bad inputs it answers
 
 import asyncio
 import io
+import wave
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import srt
 import webvtt
 
 from tests.api_helpers import make_settings, wer
-from tests.conftest import LIBRIVOX, librivox_reference, read_wav16
+from tests.conftest import LIBRIVOX, librivox_files, librivox_reference, read_wav16
 from tests.service_helpers import served
 from tests.test_accuracy import plain_text
 
@@ -22,6 +24,16 @@ pytestmark = pytest.mark.timeout(500)
 
 KEY = "openai-key"
 CLIP = "sense_and_sensibility_01_austen_64kb-0890"  # 5.3 s
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(16_000)
+        file.writeframes(samples.astype("<i2").tobytes())
+    return out.getvalue()
 
 
 def _error(exc: openai.APIStatusError) -> dict[str, Any]:
@@ -37,6 +49,11 @@ async def test_openai_client_transcribes_in_every_format(nats_url: str, tmp_path
     reference = librivox_reference()[CLIP]
     audio = path.read_bytes()
     seconds = read_wav16(path).size / 16_000
+    refs = librivox_reference()
+    longer = librivox_files()[:5]
+    pause = np.zeros(8000, dtype=np.int16)
+    passage = np.concatenate([part for f in longer for part in (read_wav16(f), pause)])
+    passage_reference = " ".join(refs[f.stem] for f in longer)
     settings = make_settings(nats_url, tmp_path, api={"api_keys": [KEY]})
     async with served(settings) as service:
         client = openai.OpenAI(base_url=f"{service.http_url}/v1", api_key=KEY, max_retries=0)
@@ -55,6 +72,7 @@ async def test_openai_client_transcribes_in_every_format(nats_url: str, tmp_path
 
         as_json = await call(model="whisper-1", language="en", prompt="Dashwood")
         as_text = await call(model="whisper-1", response_format="text")
+        read = await call(model="whisper-1", file=("passage.wav", _wav(passage)))
         as_srt = await call(model="whisper-1", response_format="srt")
         as_vtt = await call(model="whisper-1", response_format="vtt")
         verbose = await call(model="whisper-tiny.en", response_format="verbose_json")
@@ -91,7 +109,9 @@ async def test_openai_client_transcribes_in_every_format(nats_url: str, tmp_path
         async with httpx.AsyncClient(
             base_url=service.http_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
         ) as http:
-            no_file = await http.post("/v1/audio/transcriptions", data={"model": "whisper-1"})
+            no_file = await http.post(
+                "/v1/audio/transcriptions", files={"model": (None, "whisper-1")}
+            )
             no_model = await http.post(
                 "/v1/audio/transcriptions", files={"file": (path.name, audio)}
             )
@@ -103,6 +123,13 @@ async def test_openai_client_transcribes_in_every_format(nats_url: str, tmp_path
     ours = wer(reference, as_json.text)
     print(f"openai client WER {ours:.3f}, plain faster-whisper {wer(reference, plain):.3f}")
     assert ours <= wer(reference, plain) + 0.05 and ours <= 0.3, (as_json.text, plain)
+    plain_passage = await asyncio.to_thread(plain_text, "whisper-tiny.en", passage)
+    ours_passage = wer(passage_reference, read.text)
+    print(
+        f"{passage.size / 16_000:.1f} s passage: openai client WER {ours_passage:.3f}, "
+        f"plain faster-whisper {wer(passage_reference, plain_passage):.3f}"
+    )
+    assert ours_passage <= wer(passage_reference, plain_passage) + 0.02, (read.text, plain_passage)
     assert as_json.usage.seconds == pytest.approx(seconds, abs=1.0)
 
     assert isinstance(as_text, str) and as_text.strip() == as_json.text
