@@ -17,6 +17,7 @@ from pipeline.recorder import CallRecord, CallRecorder
 from tests.api_helpers import make_settings, wer
 from tests.service_helpers import served
 from tests.test_api_diarize import diarization_models  # noqa: F401 - the fixture
+from tests.test_call_handover import listen_call
 from tests.test_postcall import record_call
 from tests.webhook_receiver import Receiver, webhook_receiver
 
@@ -286,7 +287,7 @@ async def test_recording_flow_per_participant_streams(nats_url: str, tmp_path: P
         assert path in schema
 
 
-async def test_recording_mix_is_diarized(
+async def test_recording_mix_is_diarized_and_a_live_call_announced(
     nats_url: str,
     tmp_path: Path,
     diarization_models: Path,  # noqa: F811
@@ -312,11 +313,17 @@ async def test_recording_mix_is_diarized(
             )
             assert created.status_code == 200, created.text
             transcript_id = created.json()["id"]
+            # a call that ends while the service runs: recording.done as it is handed over
+            job_id = await listen_call(service)
+            calls = (await client.get("/v1/calls")).json()["data"]
+            (live_call,) = [c["call_id"] for c in calls if c["job_id"] == job_id]
+            live_done = await _event(receiver, "recording.done", "recording", live_call)
             await _event(receiver, "transcript.done", "transcript", transcript_id)
             retrieved = (await client.get(f"/api/v1/transcript/{transcript_id}/")).json()
             job = (await client.get(f"/v1/transcripts/{transcript_id}")).json()
             entries = (await client.get(retrieved["data"]["download_url"])).json()
 
+    _check_event(live_done, "recording.done", live_call, "by-socket")
     assert job["kind"] == "batch" and job["options"]["diarize"] is True
     assert job["source"]["call_id"] == call_id
     speakers = {s["id"] for s in job["transcript"]["speakers"]}

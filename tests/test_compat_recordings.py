@@ -38,47 +38,47 @@ async def test_a_recorded_call_is_transcribed_and_polled_as_documented(
     settings = make_settings(nats_url, tmp_path, api={"api_keys": [KEY]})
     call_id, references = record_call(settings.calls_dir)  # handed over when the service starts
     headers = {"Authorization": f"Bearer {KEY}"}
-    async with served(settings) as service:
-        async with httpx.AsyncClient(
-            base_url=service.http_url, headers=headers, timeout=30
-        ) as client:
-            async with asyncio.timeout(30):
-                while not (await client.get("/v1/calls")).json()["data"][0]["job_id"]:
-                    await asyncio.sleep(0.1)
-            # the document's trigger, as its JavaScript example sends it
-            triggered = await client.post(
-                f"/v1/recordings/{call_id}/transcribe",
-                content=b'{"language":"en"}',
-                headers={"Content-Type": "application/json"},
-            )
-            assert triggered.status_code == 202, triggered.text
-            accepted = triggered.json()
-            assert set(accepted) == {"transcriptionId", "status"}
-            assert accepted["status"] == "queued"
-            transcription_id = accepted["transcriptionId"]
-            answers = await _poll(client, transcription_id)
-            job = await wait_done(client, transcription_id)
-            no_body = await client.post(f"/v1/recordings/{call_id}/transcribe")
+    async with (
+        served(settings) as service,
+        httpx.AsyncClient(base_url=service.http_url, headers=headers, timeout=30) as client,
+    ):
+        async with asyncio.timeout(30):
+            while not (await client.get("/v1/calls")).json()["data"][0]["job_id"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        # the document's trigger, as its JavaScript example sends it
+        triggered = await client.post(
+            f"/v1/recordings/{call_id}/transcribe",
+            content=b'{"language":"en"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert triggered.status_code == 202, triggered.text
+        accepted = triggered.json()
+        assert set(accepted) == {"transcriptionId", "status"}
+        assert accepted["status"] == "queued"
+        transcription_id = accepted["transcriptionId"]
+        answers = await _poll(client, transcription_id)
+        job = await wait_done(client, transcription_id)
+        no_body = await client.post(f"/v1/recordings/{call_id}/transcribe")
 
-            unknown = await client.post("/v1/recordings/no-such-call/transcribe", json={})
-            malformed = await client.post(
-                f"/v1/recordings/{call_id}/transcribe",
-                content=b'{"language":',
-                headers={"Content-Type": "application/json"},
-            )
-            extra = await client.post(f"/v1/recordings/{call_id}/transcribe", json={"lang": "en"})
-            language = await client.post(
-                f"/v1/recordings/{call_id}/transcribe", json={"language": "xx"}
-            )
-            missing = await client.get("/v1/transcriptions/tr_000000000000deadbeef")
-            not_audio = await client.post(
-                "/v1/transcripts", files={"file": ("notes.txt", b"these are not sounds " * 50)}
-            )
-            failed = await _poll(client, not_audio.json()["id"])
-            anonymous = await client.get(
-                f"/v1/transcriptions/{transcription_id}", headers={"Authorization": ""}
-            )
-            listed = (await client.get("/openapi.json")).json()["paths"]
+        unknown = await client.post("/v1/recordings/no-such-call/transcribe", json={})
+        malformed = await client.post(
+            f"/v1/recordings/{call_id}/transcribe",
+            content=b'{"language":',
+            headers={"Content-Type": "application/json"},
+        )
+        extra = await client.post(f"/v1/recordings/{call_id}/transcribe", json={"lang": "en"})
+        language = await client.post(
+            f"/v1/recordings/{call_id}/transcribe", json={"language": "xx"}
+        )
+        missing = await client.get("/v1/transcriptions/tr_000000000000deadbeef")
+        not_audio = await client.post(
+            "/v1/transcripts", files={"file": ("notes.txt", b"these are not sounds " * 50)}
+        )
+        failed = await _poll(client, not_audio.json()["id"])
+        anonymous = await client.get(
+            f"/v1/transcriptions/{transcription_id}", headers={"Authorization": ""}
+        )
+        listed = (await client.get("/openapi.json")).json()["paths"]
 
     *waiting, done = answers
     for answer in waiting:
