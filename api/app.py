@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api import transcripts
 from api.auth import AccessPolicy, AuthMiddleware
+from api.cors import CorsMiddleware, CorsPolicy
 from api.errors import document_errors, install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import CONTENT_TYPE_LATEST
@@ -38,10 +39,13 @@ def create_app(services: Services) -> FastAPI:
     public = [*api.public_paths, *services.public_paths]
     policy = AccessPolicy(api.api_keys, public, services.scoped_tokens)
     install_error_handlers(app)
-    # the last added runs first: request id and metrics, then auth, then body bounds
+    # the last added runs first: CORS, request id and metrics, then auth, then body bounds
     app.add_middleware(BodyLimitMiddleware, settings=api, metrics=services.metrics)
     app.add_middleware(AuthMiddleware, policy=policy, metrics=services.metrics)
     app.add_middleware(RequestContextMiddleware, metrics=services.metrics)
+    if api.cors_origins:
+        cors = CorsPolicy(api.cors_origins, services.accept_post)
+        app.add_middleware(CorsMiddleware, policy=cors)
     app.include_router(transcripts.router, tags=["transcripts"])
     for router in services.routers:
         app.include_router(router)

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ class Services:
     scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
     # paths open without an API key besides api.public_paths (they check their own signature)
     public_paths: list[str] = field(default_factory=list)
+    # paths whose CORS preflight names the POST body type they accept (WHIP endpoints)
+    accept_post: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     run_worker: bool = False
     publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
     metrics: ApiMetrics = field(default_factory=ApiMetrics)

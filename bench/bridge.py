@@ -58,6 +58,7 @@ from pipeline.sink import AnyFrame
 from protocol import CaptionFrame, ErrorFrame
 from sfu_bridge import Bridge, bridge_router
 from sfu_bridge.ice import gather_on
+from sfu_bridge.udp import own_socket_inodes, parse_udp_table
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 ROOM = "bench"
@@ -134,7 +135,13 @@ class BareWindow:
                 return
             if isinstance(frame, av.AudioFrame) and frame.sample_rate:
                 clock = self.clocks.setdefault(track.id, TrackClock(time.monotonic()))
-                clock.audio_s += frame.samples / frame.sample_rate
+                if frame.pts is not None and frame.time_base is not None:
+                    # audio time from pts: a DTX sender's gaps are audio time too
+                    clock.audio_s = (
+                        float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
+                    )
+                else:
+                    clock.audio_s += frame.samples / frame.sample_rate
 
 
 class BotWindow:
@@ -143,6 +150,8 @@ class BotWindow:
     def __init__(self) -> None:
         self.call: Callable[[], Any] = lambda: None
         self.frames = 0
+        # audio time the tracks delivered, their DTX gaps included (the bridge's counters)
+        self.audio_time: Callable[[], float] = lambda: self.frames * FRAME_S
         self.mark()
 
     def heard(self) -> None:
@@ -165,6 +174,7 @@ class BotWindow:
     def mark(self) -> None:
         self._marked = time.monotonic()
         self._frames0 = self.frames
+        self._audio0 = self.audio_time()
         self._lag0 = self._lags()
         self._lag_max = 0.0
         self._skipped0 = sum(s.skipped_seconds for s in self._streams().values())
@@ -195,7 +205,7 @@ class BotWindow:
     def stats(self) -> dict[str, Any]:
         streams = self._streams()
         wall = time.monotonic() - self._marked
-        audio = (self.frames - self._frames0) * FRAME_S
+        audio = self.audio_time() - self._audio0
         latency = self.final_latency
         return {
             "tracks": len(streams),
@@ -301,6 +311,7 @@ async def _receiver(mode: str, data_dir: Path, host: str) -> Any:
         return bridge.rooms.get(ROOM)
 
     bot.call = call
+    bot.audio_time = lambda: bridge.audio.audio_s + bridge.audio.gap_s
     app = FastAPI()
     app.include_router(bridge_router(bridge))
     _window_routes(app, bot)
@@ -370,24 +381,27 @@ class PacketTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, packets: list[bytes], start: int, pace: Pace) -> None:
+    def __init__(self, packets: list[bytes], start: int, pace: Pace, every: int = 1) -> None:
+        """``every`` > 1: one packet per ``every`` frames with the RTP time running on, as an
+        Opus DTX sender does in silence (every=20: one per 400 ms)."""
         super().__init__()
         self.packets = packets
         self.start = start
         self.pace = pace
+        self.every = every
         self.sent = 0
         self._t0: float | None = None
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
         if self._t0 is None:
             self._t0 = time.monotonic()
-        wait = self._t0 + self.sent * FRAME_S - time.monotonic()
+        wait = self._t0 + self.sent * self.every * FRAME_S - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         else:
             self.pace.late_max = max(self.pace.late_max, -wait)
         packet = av.Packet(self.packets[(self.start + self.sent) % len(self.packets)])
-        packet.pts = self.sent * 960
+        packet.pts = self.sent * self.every * 960
         packet.time_base = Fraction(1, 48000)
         self.sent += 1
         return packet
@@ -421,21 +435,11 @@ def proc_wait_s(pid: int) -> float:
 
 def udp_drops(pid: int) -> int:
     """Datagrams the kernel dropped on the process's UDP sockets (its receive buffer was full)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    drops = 0
+    inodes = own_socket_inodes(Path(f"/proc/{pid}/fd"))
+    rows: dict[int, tuple[int, int]] = {}
     for table in ("udp", "udp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[9] in inodes:
-                drops += int(fields[-1])
-    return drops
+        rows |= parse_udp_table(Path(f"/proc/{pid}/net/{table}").read_text(), inodes)
+    return sum(drops for _, drops in rows.values())
 
 
 def self_cpu_s() -> float:
@@ -475,6 +479,7 @@ async def measure(
     host: str,
     warmup: float,
     seconds: float,
+    dtx: bool = False,
 ) -> dict[str, Any]:
     pace = Pace()
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -486,7 +491,7 @@ async def measure(
                 if index < talkers:
                     track = PacketTrack(programs.talk[index], 0, pace)
                 else:
-                    track = PacketTrack(programs.silence, index * 37, pace)
+                    track = PacketTrack(programs.silence, index * 37, pace, 20 if dtx else 1)
                 senders.append(pc.addTransceiver(track, direction="sendonly"))
             offer = await pc.createOffer()
             with gather_on([host]):
@@ -533,6 +538,7 @@ async def measure(
         "mode": mode,
         "tracks": tracks,
         "talking": talkers,
+        "dtx": dtx,
         "window_s": round(wall, 1),
         "cpu_cores": round((cpu1 - cpu0) / wall, 3),
         "runqueue_wait": round((wait1 - wait0) / wall, 3),
@@ -546,7 +552,13 @@ async def measure(
 
 
 def run_one(
-    mode: str, tracks: int, talkers: int, programs: Programs, warmup: float, seconds: float
+    mode: str,
+    tracks: int,
+    talkers: int,
+    programs: Programs,
+    warmup: float,
+    seconds: float,
+    dtx: bool = False,
 ) -> dict[str, Any]:
     port = free_port()
     host = host_address()
@@ -556,7 +568,7 @@ def run_one(
         receiver = subprocess.Popen(command, cwd=ROOT)
         try:
             return asyncio.run(
-                measure(mode, tracks, talkers, programs, receiver, port, host, warmup, seconds)
+                measure(mode, tracks, talkers, programs, receiver, port, host, warmup, seconds, dtx)
             )
         finally:
             receiver.terminate()
@@ -613,14 +625,23 @@ def summarize(runs: list[dict[str, Any]], talkers: int) -> list[dict[str, Any]]:
     return rows
 
 
-def main(tracks: list[int], talkers: int, seconds: float, warmup: float, out: str | None) -> None:
+def main(
+    tracks: list[int],
+    talkers: int,
+    seconds: float,
+    warmup: float,
+    out: str | None,
+    dtx: bool = False,
+) -> None:
+    """``dtx``: the silent tracks send as an Opus DTX sender does (a packet per 400 ms)."""
     programs = Programs.build(talkers)
     lines: list[dict[str, Any]] = [
         {
             "machine": {
                 "cpus": os.cpu_count(),
                 "load_avg": [round(x, 2) for x in os.getloadavg()],
-            }
+            },
+            "dtx": dtx,
         }
     ]
     print(json.dumps(lines[0]), flush=True)
@@ -628,7 +649,7 @@ def main(tracks: list[int], talkers: int, seconds: float, warmup: float, out: st
     for count in tracks:
         for mode in ("bot", "bare"):
             for talking in (0, talkers):
-                run = run_one(mode, count, talking, programs, warmup, seconds)
+                run = run_one(mode, count, talking, programs, warmup, seconds, dtx)
                 run["realtime_held"] = realtime_held(run)
                 print(json.dumps(run), flush=True)
                 runs.append(run)

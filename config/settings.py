@@ -73,6 +73,15 @@ class BridgeSettings(BaseModel):
     track_stall_s: float = Field(
         default=10.0, gt=0, description="a track silent this long is flushed (its peer may be gone)"
     )
+    udp_receive_buffer_kb: int = Field(
+        default=4096,
+        ge=0,
+        description="SO_RCVBUF asked for on ICE sockets (the OS may cap it); 0 = OS default",
+    )
+    opus_dtx: bool = Field(
+        default=True,
+        description="ask senders for Opus DTX (usedtx=1): a packet per 400 ms in silence",
+    )
     bearer_tokens: list[str] = Field(
         default_factory=list, description="accepted by bridge routes only, besides API keys"
     )
@@ -110,6 +119,10 @@ class ApiSettings(BaseModel):
     allow_model_paths: bool = Field(
         default=False, description="API callers may name model folders outside the catalog"
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins (scheme://host[:port]) allowed to call the API; '*' = any",
+    )
 
 
 class LimitsSettings(BaseModel):
@@ -121,6 +134,18 @@ class LimitsSettings(BaseModel):
     )
     idle_timeout_s: float = Field(default=60.0, gt=0, description="a stream without audio ends")
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After of a refused request")
+    max_loop_lag_ms: float = Field(
+        default=250.0, ge=0, description="refuse new streams past this event-loop lag p95; 0 = off"
+    )
+    max_backlog_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="refuse new streams while a stream's recognition is this far behind; 0 = off",
+    )
+    refuse_on_udp_drops: bool = Field(
+        default=True, description="refuse new streams while the kernel drops datagrams"
+    )
+    headroom_window_s: float = Field(default=10.0, gt=0, description="window of those checks")
     listen_token_ttl_s: float = Field(
         default=300.0, gt=0, description="lifetime of a POST /v1/listen/token token"
     )

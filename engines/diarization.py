@@ -32,6 +32,7 @@ from engines.base import (
 SEGMENTATION_FILE = "segmentation.onnx"
 EMBEDDING_FILE = "embedding.onnx"
 PREPARE_COMMAND = "roomscribe models prepare diarization"
+PULL_COMMAND = "roomscribe models pull diarization"
 
 _SEGMENTATION_KEYS = (
     "model_type",
@@ -72,7 +73,11 @@ class ModelDirError(ModelNotFoundError):
     """The diarization model folder is missing, incomplete or holds the wrong models."""
 
     def __init__(self, model_dir: Path, problem: str) -> None:
-        super().__init__("diarization", f"{problem} in {model_dir}; run `{PREPARE_COMMAND}`")
+        super().__init__(
+            "diarization",
+            f"{problem} in {model_dir}; run `{PREPARE_COMMAND}` (or `{PULL_COMMAND}` to"
+            " download them)",
+        )
         self.model_dir = model_dir
         self.problem = problem
 

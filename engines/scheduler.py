@@ -93,6 +93,10 @@ class DecodeScheduler:
     def active_streams(self) -> int:
         return len(self._registrations)
 
+    def backlog_s(self) -> float:
+        """Audio the most-behind stream has not recognized yet, in seconds."""
+        return max((reg.stream.backlog_seconds for reg in self._registrations), default=0.0)
+
     def _ready(self) -> list[tuple[Work, float, Registration]]:
         ready = []
         for reg in self._registrations:

@@ -31,6 +31,12 @@ class LoopLag:
         ordered = sorted(self._lags)
         return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
+    def recent(self, q: float, seconds: float) -> float:
+        """Lag at quantile ``q`` over about the last ``seconds`` of wake-ups."""
+        count = max(1, int(seconds / self.interval_s))
+        recent = sorted(list(self._lags)[-count:])
+        return recent[min(int(q * len(recent)), len(recent) - 1)] if recent else 0.0
+
     @property
     def max(self) -> float:
         return max(self._lags, default=0.0)

@@ -142,12 +142,12 @@ class Worker:
         self.failures: collections.Counter[str] = collections.Counter()  # by error code
 
     def diarizer(self) -> "SpeakerDiarizer":
-        from engines.diarization import default_model_dir
+        from engines.diarization_models import find_model_dir
         from engines.diarization_process import DiarizationProcess
 
         with self._diarizer_lock:
             if self._diarizer is None:
-                self._diarizer = DiarizationProcess(default_model_dir(self.settings.data_dir))
+                self._diarizer = DiarizationProcess(find_model_dir(self.settings.data_dir))
             return self._diarizer
 
     async def start(self) -> None:

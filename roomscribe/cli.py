@@ -74,15 +74,26 @@ def _cmd_models(args: argparse.Namespace) -> None:
         for row in rows:
             size = f"{row.size_bytes / 1e6:.1f} MB" if row.size_bytes else "-"
             print(f"{row.name:48} {row.kind:22} {size:>9}  {'yes' if row.present else 'no'}")
+    elif args.models_command == "pull" and args.name == "diarization":
+        from engines.diarization_models import pull_diarization
+
+        path = pull_diarization(_diarization_dir(args), base_url=args.base_url)
+        print(f"diarization models ready in {path}")
     elif args.models_command == "pull":
         pulled = models.pull(args.name, settings.data_dir, base_url=args.base_url)
         print(f"{pulled.name}: {pulled.kind} at {pulled.path} ({pulled.size_bytes / 1e6:.1f} MB)")
     elif args.models_command == "prepare":
-        from engines.diarization import default_model_dir
         from engines.diarization_export import prepare_diarization
 
-        path = prepare_diarization(default_model_dir(settings.data_dir))
+        path = prepare_diarization(_diarization_dir(args))
         print(f"diarization models ready in {path}")
+
+
+def _diarization_dir(args: argparse.Namespace) -> Path:
+    from engines.diarization import default_model_dir
+    from engines.diarization_models import installed_model_dir
+
+    return installed_model_dir() if args.installed else default_model_dir(_settings(args).data_dir)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -120,7 +131,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     elif args.bench_command == "bridge":
         from bench.bridge import main as bench_bridge
 
-        bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out)
+        bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out, args.dtx)
     elif args.bench_command == "accuracy":
         from bench.accuracy import main as bench_accuracy
 
@@ -167,10 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="list, download or prepare models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", parents=[common])
-    pull = models_sub.add_parser("pull", parents=[common])
-    pull.add_argument("name")
+    installed = argparse.ArgumentParser(add_help=False)
+    installed.add_argument(
+        "--installed",
+        action="store_true",
+        help="diarization: into this Python environment, shared by every data dir",
+    )
+    pull = models_sub.add_parser("pull", parents=[common, installed])
+    pull.add_argument("name", help="a catalog name, an archive URL, or diarization")
     pull.add_argument("--base-url", help="mirror of the release downloads")
-    prepare = models_sub.add_parser("prepare", parents=[common])
+    prepare = models_sub.add_parser("prepare", parents=[common, installed])
     prepare.add_argument("what", choices=["diarization"])
     models.set_defaults(func=_cmd_models)
 
@@ -223,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_bridge.add_argument("--talkers", type=int, default=3)
     bench_bridge.add_argument("--seconds", type=float, default=20.0, help="measured window")
     bench_bridge.add_argument("--warmup", type=float, default=5.0)
+    bench_bridge.add_argument(
+        "--dtx", action="store_true", help="silent tracks send as Opus DTX senders do"
+    )
     bench_bridge.add_argument("--out", help="write the results as JSON here")
     bench_batch = bench_sub.add_parser("batch", parents=[common])
     bench_batch.add_argument("--minutes", type=float, default=10.0)

@@ -44,7 +44,9 @@ async def running_service(
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
     from pipeline.call import Admission
+    from pipeline.call.headroom import Headroom, HeadroomLimits
     from protocol import Subjects
+    from sfu_bridge import whip
     from sfu_bridge.bridge import Bridge
     from sfu_bridge.nats_service import BridgeNatsService
     from sfu_bridge.router import BRIDGE_PATHS, bridge_router
@@ -84,8 +86,16 @@ async def running_service(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
         services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
+        services.accept_post = [(whip.ENDPOINT_PATH, whip.SDP)]
+        services.metrics.scrape(bridge.metrics)
         services.publisher = publisher
-        admission = Admission.from_settings(settings.limits, services.metrics.registry)
+        headroom = Headroom(
+            HeadroomLimits.from_settings(settings.limits),
+            loop_lag=services.loop_lag,
+            backlog_s=runtime.scheduler.backlog_s,
+            udp_drops=bridge.udp_drops,
+        )
+        admission = Admission.from_settings(settings.limits, services.metrics.registry, headroom)
         runtime.admission = admission
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [

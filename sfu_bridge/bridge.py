@@ -1,10 +1,11 @@
 """The bridge: every peer session and every room's call in this process."""
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config.settings import BridgeSettings
 from engines.base import ModelNotFoundError
@@ -16,6 +17,8 @@ from pipeline.tasks import TaskSet
 from protocol import ErrorCode, ErrorFrame
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.peer import PeerSession, TrackOwner
+from sfu_bridge.track_audio import AudioStats
+from sfu_bridge.udp import UdpDropCounter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,46 @@ class Bridge:
         self.tasks = TaskSet("bridge")
         self.peer_closed_hooks: list[Callable[[PeerSession], Awaitable[None]]] = []
         self.closed = False
+        self.audio = AudioStats()
+        self.udp = UdpDropCounter()
+        self.udp_receive_buffer = 0  # bytes the OS granted on the last ICE socket
+
+    def udp_drops(self) -> int | None:
+        stats = self.udp.read()
+        return stats.drops if stats is not None else None
+
+    def metrics(self) -> Iterator[Metric]:
+        """The bridge's counters, read at each ``/metrics`` scrape."""
+        for name, help_text, value in (
+            ("frames", "audio frames received from remote tracks", self.audio.frames),
+            ("audio_seconds", "audio received from remote tracks", self.audio.audio_s),
+            (
+                "gap_seconds",
+                "audio time with no packets (Opus DTX silence or loss), filled as silence",
+                self.audio.gap_s,
+            ),
+        ):
+            yield CounterMetricFamily(f"roomscribe_bridge_{name}", help_text, value=value)
+        yield GaugeMetricFamily(
+            "roomscribe_bridge_udp_receive_buffer_bytes",
+            "SO_RCVBUF the OS granted on ICE sockets (bridge.udp_receive_buffer_kb)",
+            value=self.udp_receive_buffer,
+        )
+        udp = self.udp.read()
+        if udp is not None:
+            yield CounterMetricFamily(
+                "roomscribe_udp_drops",
+                "datagrams the kernel dropped on this process's UDP sockets (buffer full)",
+                value=udp.drops,
+            )
+            yield GaugeMetricFamily(
+                "roomscribe_udp_receive_queue_bytes",
+                "bytes waiting in this process's UDP receive buffers",
+                value=udp.queued_bytes,
+            )
+            yield GaugeMetricFamily(
+                "roomscribe_udp_sockets", "this process's UDP sockets", value=udp.sockets
+            )
 
     @property
     def credentials(self) -> list[str]:

@@ -14,8 +14,9 @@ from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.ice import gather_on, ice_configuration
-from sfu_bridge.sdp import MediaLine, parse_offer
+from sfu_bridge.sdp import MediaLine, parse_offer, with_opus_dtx
 from sfu_bridge.track_audio import AudioTarget, TrackFeed, drain
+from sfu_bridge.udp import enlarge_receive_buffers
 
 if TYPE_CHECKING:
     from sfu_bridge.bridge import Bridge
@@ -83,13 +84,19 @@ class PeerSession:
                 answer = await self.pc.createAnswer()
                 with gather_on(self.bridge.settings.host_addresses):
                     await self.pc.setLocalDescription(answer)
+                if self.bridge.settings.udp_receive_buffer_kb:
+                    granted = enlarge_receive_buffers(
+                        self.pc, self.bridge.settings.udp_receive_buffer_kb * 1024
+                    )
+                    self.bridge.udp_receive_buffer = granted or self.bridge.udp_receive_buffer
             except (ValueError, KeyError, AssertionError) as exc:
                 self.media = previous
                 raise BridgeError(400, ErrorCode.INVALID_REQUEST, f"offer rejected: {exc}") from exc
             for mid, speaker in before.items():
                 if self.current_speaker(mid) != speaker:
                     await self.rebind(mid)
-        return self.pc.localDescription.sdp
+        answer_sdp: str = self.pc.localDescription.sdp
+        return with_opus_dtx(answer_sdp) if self.bridge.settings.opus_dtx else answer_sdp
 
     def current_speaker(self, mid: str) -> TrackOwner | None:
         line = self.media.get(mid)
@@ -114,6 +121,7 @@ class PeerSession:
             open_target=lambda: self._open(mid),
             stall_s=self.bridge.settings.track_stall_s,
             on_audio=lambda: self.bridge.heard(self.room),
+            stats=self.bridge.audio,
         )
         self.feeds[mid] = feed
         self._tasks.spawn(feed.run(), f"feed {mid}")

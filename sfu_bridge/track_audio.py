@@ -29,6 +29,7 @@ class PcmConverter:
         self._resampler = Resampler()
         self._next_pts: Fraction | None = None
         self._samples_out = 0
+        self.gap_s = 0.0  # the hole before the last chunk (Opus DTX silence or lost packets)
 
     def restart(self) -> None:
         """The next chunk starts a new stream at audio time 0."""
@@ -38,6 +39,7 @@ class PcmConverter:
     def convert(self, frame: av.AudioFrame) -> tuple[np.ndarray, float] | None:
         """Samples and audio time (s since the stream's first sample); ``None`` for a late frame."""
         start = self._samples_out
+        self.gap_s = 0.0
         if frame.pts is not None and frame.time_base is not None and frame.sample_rate:
             pts = frame.pts * frame.time_base
             duration = Fraction(frame.samples, frame.sample_rate)
@@ -47,6 +49,7 @@ class PcmConverter:
                     return None
                 if gap >= duration / 2:
                     start += round(gap * RATE)
+                    self.gap_s = float(gap)
             self._next_pts = pts + duration
         samples = self._resampler.resample(frame)
         self._samples_out = start + samples.size
@@ -71,6 +74,16 @@ class AudioTarget(Protocol):
 
 
 @dataclass
+class AudioStats:
+    """What remote tracks delivered, for ``/metrics``: a DTX sender sends few frames in
+    silence, and the audio time they skip (``gap_s``) is silence, not lost speech."""
+
+    frames: int = 0
+    audio_s: float = 0.0
+    gap_s: float = 0.0
+
+
+@dataclass
 class TrackFeed:
     """Pumps one remote audio track into the target :attr:`open_target` gives.
 
@@ -83,6 +96,7 @@ class TrackFeed:
     open_target: Callable[[], Awaitable[AudioTarget | None]]
     stall_s: float | None = None
     on_audio: Callable[[], None] | None = None
+    stats: AudioStats | None = None
 
     batch_s: float = 0.1
 
@@ -131,6 +145,10 @@ class TrackFeed:
             if converted is None:
                 return
             samples, at = converted
+            if self.stats is not None:
+                self.stats.frames += 1
+                self.stats.audio_s += samples.size / RATE
+                self.stats.gap_s += self._converter.gap_s
             try:
                 self._collect(self._target, samples, at)
             except Exception as exc:

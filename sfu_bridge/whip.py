@@ -1,5 +1,6 @@
 """WHIP (RFC 9725): one HTTP-signalled peer connection per participant track."""
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from sfu_bridge.sdp import MediaLine
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
+# the publish endpoint /whip/{room}/{participant} (never a session's URL)
+ENDPOINT_PATH = re.compile(r"/whip/(?!sessions/)[^/]+/[^/]+")
 
 
 class WhipSession(PeerSession):

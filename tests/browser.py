@@ -67,12 +67,13 @@ class Page:
 
 
 @asynccontextmanager
-async def open_page(binary: str, url: str) -> AsyncIterator[Page]:
+async def open_page(binary: str, url: str, flags: tuple[str, ...] = ()) -> AsyncIterator[Page]:
     # Chromium's helper processes may still write the profile after the browser exits
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = await asyncio.create_subprocess_exec(
             binary,
             *FLAGS,
+            *flags,
             f"--user-data-dir={profile}",
             "about:blank",
             stdout=asyncio.subprocess.DEVNULL,

@@ -1,3 +1,4 @@
+import os
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,16 @@ import numpy as np
 import pytest
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+# Admission by measured headroom reads the whole process: here that is the test runner, where
+# many services, decoders and deliberately overflowed sockets share one loaded machine. The
+# tests of headroom (tests/test_headroom.py) turn the checks on; everything else runs without.
+for _check, _off in (
+    ("MAX_LOOP_LAG_MS", "0"),
+    ("MAX_BACKLOG_S", "0"),
+    ("REFUSE_ON_UDP_DROPS", "false"),
+):
+    os.environ.setdefault(f"ROOMSCRIBE_LIMITS__{_check}", _off)
 
 
 def free_port() -> int:

@@ -61,7 +61,6 @@ from protocol.webhooks import WebhookEvent, WebhookEventType
 log = logging.getLogger("roomscribe.compat.recording_platform")
 
 MAX_TRANSCRIPTS = 10
-PROVIDER = "recallai_async"
 MARKER = "recording_platform.json"
 DOWNLOAD_PREFIX = "/api/v1/download/transcript/"
 DOWNLOAD_TTL_S = 6 * 3600
@@ -94,7 +93,7 @@ class _PlatformRoute(APIRoute):
         return answer
 
 
-def _documented(status: int, description: str) -> dict[str, Any]:
+def _documented(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"type": "object"}}},
@@ -102,8 +101,8 @@ def _documented(status: int, description: str) -> dict[str, Any]:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _documented(400, "invalid request: {field: [message]} or {detail}"),
-    404: _documented(404, "no such recording or transcript: {detail}"),
+    400: _documented("invalid request: {field: [message]} or {detail}"),
+    404: _documented("no such recording or transcript: {detail}"),
 }
 
 
@@ -615,7 +614,7 @@ async def delete_transcript(request: Request, transcript_id: str) -> Response:
 @router.get(
     DOWNLOAD_PREFIX + "{transcript_id}.json",
     response_model=list[Utterance],
-    responses={403: _documented(403, "bad or expired signature"), 404: _ERRORS[404]},
+    responses={403: _documented("bad or expired signature"), 404: _ERRORS[404]},
 )
 async def download_transcript(
     request: Request, transcript_id: str, expires: int = 0, signature: str = ""

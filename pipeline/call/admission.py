@@ -15,6 +15,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from config.settings import LimitsSettings
+from pipeline.call.headroom import Headroom
 from protocol.errors import ErrorCode, ServiceError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Admission:
         *,
         retry_after_s: int = 5,
         registry: CollectorRegistry | None = None,
+        headroom: Headroom | None = None,
     ) -> None:
         if max_streams < 0 or max_duration_s <= 0 or idle_timeout_s <= 0:
             raise ValueError("max_streams >= 0 and positive durations expected")
@@ -64,6 +66,8 @@ class Admission:
         self.max_duration_s = max_duration_s
         self.idle_timeout_s = idle_timeout_s
         self.retry_after_s = retry_after_s
+        self.headroom = headroom
+        self.last_shortage = "no live stream can start now"
         self._leases: set[Lease] = set()
         self._lock = threading.Lock()  # the bridge may release from a track's thread
         registry = registry if registry is not None else CollectorRegistry()
@@ -89,7 +93,10 @@ class Admission:
 
     @classmethod
     def from_settings(
-        cls, limits: LimitsSettings, registry: CollectorRegistry | None = None
+        cls,
+        limits: LimitsSettings,
+        registry: CollectorRegistry | None = None,
+        headroom: Headroom | None = None,
     ) -> "Admission":
         return cls(
             limits.max_streams,
@@ -97,7 +104,14 @@ class Admission:
             limits.idle_timeout_s,
             retry_after_s=limits.retry_after_s,
             registry=registry,
+            headroom=headroom,
         )
+
+    def _shortage(self) -> str | None:
+        """Why one more stream cannot start (the count limit, then measured headroom)."""
+        if self.full:
+            return f"all {self.max_streams} live streams are in use"
+        return self.headroom.shortage() if self.headroom is not None else None
 
     @property
     def full(self) -> bool:
@@ -110,9 +124,9 @@ class Admission:
     def try_acquire(self, kind: str) -> Lease | None:
         """A lease for one more stream, or None (counted as refused) when at the limit."""
         with self._lock:
-            if self.full:
-                self._refused.labels(kind).inc()
-                log.warning("refused a %s stream: %d streams running", kind, len(self._leases))
+            shortage = self._shortage()
+            if shortage is not None:
+                self._refuse(kind, shortage)
                 return None
             lease = Lease(kind, self.max_duration_s, self.idle_timeout_s)
             self._leases.add(lease)
@@ -128,16 +142,22 @@ class Admission:
             self._leases.discard(lease)
             self._active.labels(lease.kind).dec()
 
+    def _refuse(self, kind: str, shortage: str) -> None:
+        self._refused.labels(kind).inc()
+        self.last_shortage = shortage
+        log.warning("refused a %s stream: %s (%d running)", kind, shortage, len(self._leases))
+
     def capacity_error(self) -> CapacityError:
+        """The error of the last refusal."""
         return CapacityError(
-            f"all {self.max_streams} live streams are in use; retry in {self.retry_after_s} s",
-            self.retry_after_s,
+            f"{self.last_shortage}; retry in {self.retry_after_s} s", self.retry_after_s
         )
 
     def check(self, kind: str) -> None:
         """For HTTP routes that lead to a stream: raise 503 (counted) when none can start now."""
         with self._lock:
-            if not self.full:
+            shortage = self._shortage()
+            if shortage is None:
                 return
-            self._refused.labels(kind).inc()
+            self._refuse(kind, shortage)
         raise self.capacity_error()
