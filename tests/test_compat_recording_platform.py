@@ -152,6 +152,18 @@ async def test_recording_flow_per_participant_streams(nats_url: str, tmp_path: P
             after = await client.get(f"/api/v1/transcript/{gone}/", headers=HEADERS)
             again = await client.delete(f"/api/v1/transcript/{gone}/", headers=HEADERS)
             removed = await _event(receiver, "transcript.deleted", "transcript", gone)
+            async with asyncio.timeout(60):
+                while True:  # the nine left finish one after the other
+                    listed = (
+                        await client.get(
+                            "/api/v1/transcript/",
+                            params={"recording_id": empty_id, "status_code": "done"},
+                            headers=HEADERS,
+                        )
+                    ).json()
+                    if len(listed["results"]) >= 9:
+                        break
+                    await asyncio.sleep(0.2)
             room = await client.post(
                 f"/api/v1/recording/{empty_id}/create_transcript/",
                 json=separate,
@@ -262,6 +274,11 @@ async def test_recording_flow_per_participant_streams(nats_url: str, tmp_path: P
     _check_event(removed, "transcript.deleted", empty_id, "nobody")
     assert removed["data"]["transcript"] == {"id": gone, "metadata": {"attempt": 3}}
     assert room.status_code == 200
+    assert (listed["next"], listed["previous"]) == (None, None)
+    listed_ids = [a["id"] for a in listed["results"]]
+    assert gone not in listed_ids and mixed.json()["id"] not in listed_ids  # deleted, failed
+    assert sorted(listed_ids) == sorted(a["id"] for a in made if a["id"] != gone)
+    assert all(a["data"]["download_url"] for a in listed["results"])
 
     # bad input, in the platform's shapes
     assert bad["unknown recording"].status_code == 404
@@ -282,6 +299,7 @@ async def test_recording_flow_per_participant_streams(nats_url: str, tmp_path: P
     for path in (
         "/api/v1/recording/{recording_id}/create_transcript/",
         "/api/v1/transcript/{transcript_id}/",
+        "/api/v1/transcript/",
         "/api/v1/download/transcript/{transcript_id}.json",
     ):
         assert path in schema

@@ -10,7 +10,8 @@
   ``start_timestamp`` / ``end_timestamp``: ``relative`` seconds from the call's start and
   ``absolute`` ISO 8601 times from the call's wall clock). With API keys set the URL carries
   its own expiring signature, so it opens without the key, as a presigned URL does.
-* ``DELETE /api/v1/transcript/{id}/``: removes the job and its results.
+* ``DELETE /api/v1/transcript/{id}/``: removes the job and its results;
+  ``GET /api/v1/transcript/?recording_id=&status_code=`` lists them (one page).
 * Webhooks to ``postcall.recording_platform_webhook_url``: ``recording.done`` (a call handed
   over; ``recording.failed`` with sub code ``no_audio`` when nobody was recorded),
   ``transcript.done`` / ``transcript.failed`` / ``transcript.deleted`` in the platform's
@@ -38,15 +39,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.errors import ApiError
+from api.errors import ApiError, errors
 from api.services import Services
 from api.transcripts import _checked_language
 from pipeline.audio_io import SAMPLE_RATE
@@ -581,6 +582,38 @@ async def create_transcript(request: Request, recording_id: str) -> JSONResponse
     await services.store.submit(record, audio)
     services.metrics.jobs_submitted.labels(record.kind.value).inc()
     return JSONResponse(_artifact(record, stored, None), status_code=200)
+
+
+class TranscriptPage(BaseModel):
+    next: str | None
+    previous: str | None
+    results: list[Artifact]
+
+
+@router.get("/api/v1/transcript/", response_model=TranscriptPage, responses=errors(422))
+async def list_transcripts(
+    request: Request,
+    recording_id: str | None = Query(default=None, max_length=128),
+    status_code: Literal["processing", "done", "failed"] | None = Query(default=None),
+) -> JSONResponse:
+    """Transcripts made here, newest first; one page holds them all."""
+    services = _services(request)
+    found = []
+    for record in sorted(await services.store.all(), key=lambda r: r.id, reverse=True):
+        if recording_id is not None and record.source.call_id != recording_id:
+            continue
+        if not record.source.call_id or (
+            status_code is not None and _status(record)["code"] != status_code
+        ):
+            continue
+        try:
+            stored = Stored.model_validate_json(await services.store.get_file(record.id, MARKER))
+        except JobNotFoundError:
+            continue
+        done = record.status == JobState.COMPLETED
+        url = _download_url(request, services, record.id) if done else None
+        found.append(_artifact(record, stored, url))
+    return JSONResponse({"next": None, "previous": None, "results": found})
 
 
 @router.get(
