@@ -38,7 +38,8 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     api = services.settings.api
-    policy = AccessPolicy(api.api_keys, api.public_paths, services.scoped_tokens)
+    public = [*api.public_paths, *services.public_paths]
+    policy = AccessPolicy(api.api_keys, public, services.scoped_tokens)
     install_error_handlers(app)
     # the last added runs first: CORS, request id and metrics, then auth, then body bounds
     app.add_middleware(BodyLimitMiddleware, settings=api, metrics=services.metrics)

@@ -1,6 +1,7 @@
 """One access policy for every HTTP route of the app.
 
-With ``api.api_keys`` set, every path needs ``Authorization: Bearer <API key>`` unless
+With ``api.api_keys`` set, every path needs ``Authorization: Bearer <API key>`` (or the bare
+key, as the recording platform's clients send it) unless
 ``api.public_paths`` lists it (an entry ending in ``*`` is a prefix). Paths under a scoped
 prefix (the bridge's) also accept that scope's narrower tokens (``bridge.bearer_tokens``),
 and need one of them even when no API key is set. ``/v1/listen`` (a WebSocket) applies the
@@ -36,6 +37,9 @@ def authorization_token(header: str, schemes: Sequence[str] = ("bearer",)) -> st
 
 def bearer_token(scope: Scope) -> str:
     header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme and not token:  # the bare key, as the recording platform's clients send it
+        return scheme
     return authorization_token(header)
 
 

@@ -36,6 +36,8 @@ class Services:
     routers: list[APIRouter] = field(default_factory=list)
     # path prefix -> credentials it accepts besides API keys (the bridge's bearer tokens)
     scoped_tokens: dict[str, list[str]] = field(default_factory=dict)
+    # paths open without an API key besides api.public_paths (they check their own signature)
+    public_paths: list[str] = field(default_factory=list)
     # paths whose CORS preflight names the POST body type they accept (WHIP endpoints)
     accept_post: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     run_worker: bool = False

@@ -13,10 +13,17 @@ MAX_FIELD_BYTES = 64 * 1024
 
 
 class Upload:
-    def __init__(self, fields: dict[str, str], file: UploadFile | None, size: int) -> None:
-        self.fields = fields
+    def __init__(
+        self,
+        fields: dict[str, str],
+        file: UploadFile | None,
+        size: int,
+        repeated: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.fields = fields  # the last value of each field
         self.file = file
         self.size = size
+        self.repeated = repeated or {}  # every value of each field, in order
 
 
 def _too_large(limit: int) -> ApiError:
@@ -51,6 +58,7 @@ async def read_upload(request: Request, limit: int, file_field: str = "file") ->
             400, ErrorCode.INVALID_REQUEST, f"malformed multipart body: {exc.message}"
         ) from exc
     fields: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     file: UploadFile | None = None
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
@@ -64,9 +72,10 @@ async def read_upload(request: Request, limit: int, file_field: str = "file") ->
             file = value
         else:
             fields[key] = value
+            repeated.setdefault(key, []).append(value)
     size = file.size or 0 if file is not None else 0
     if size > limit:
         assert file is not None
         await file.close()
         raise _too_large(limit)
-    return Upload(fields, file, size)
+    return Upload(fields, file, size, repeated)

@@ -188,6 +188,11 @@ class PostCallSettings(BaseModel):
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry waits up to this")
     webhook_backoff_max_s: float = Field(default=600.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    recording_platform_webhook_url: str | None = Field(
+        default=None,
+        description="receives recording.* / transcript.* events in the recording platform's "
+        "shape (api/compat/recording_platform.py)",
+    )
     batch_model: str = Field(default="whisper-base", description="REST batch jobs without a model")
     beam_size: int = Field(default=5, ge=1, le=16)
     redact_pii: bool | list[str] = Field(

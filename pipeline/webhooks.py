@@ -124,6 +124,31 @@ class Notifier:
             await self.queue(key)
         return True
 
+    async def relay(
+        self,
+        job_id: str,
+        name: str,
+        event: WebhookEventType,
+        data: dict[str, Any],
+        payload: dict[str, Any],
+        url: str,
+    ) -> bool:
+        """Queue one more delivery of ``event`` (already published), posted as ``payload``
+        under key ``<job id>.relay.<name>``; False when it was queued before."""
+        key = f"{job_id}.relay.{name}"  # never one of the job's own event keys
+        body = WebhookEvent(
+            id=event_id(job_id, event), type=event, created_at=time.time(), data=data
+        )
+        delivery = Delivery(
+            key=key, job_id=job_id, event=body, url=url, status="pending", payload=payload
+        )
+        try:
+            await self.kv.create(key, delivery.model_dump_json().encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        await self.queue(key)
+        return True
+
     async def queue(self, key: str) -> None:
         """Queue one delivery; a no-op while a message for it is already queued."""
         try:
@@ -263,8 +288,15 @@ class WebhookDispatcher:
     async def _post(self, delivery: Delivery) -> DeliveryAttempt:
         assert self._client is not None and self._trusted is not None
         assert delivery.url is not None
-        trusted = delivery.url == self.settings.webhook_url
-        body = delivery.event.model_dump_json().encode()
+        trusted = delivery.url in (
+            self.settings.webhook_url,
+            self.settings.recording_platform_webhook_url,
+        )
+        body = (
+            delivery.event.model_dump_json().encode()
+            if delivery.payload is None
+            else json.dumps(delivery.payload).encode()
+        )
         headers = {"Content-Type": "application/json", "User-Agent": "roomscribe-webhooks/1"}
         if self.settings.webhook_secret:
             headers[SIGNATURE_HEADER] = sign(self.settings.webhook_secret, body, int(time.time()))

@@ -45,6 +45,9 @@ class Delivery(BaseModel):
     url: str | None
     status: Literal["pending", "delivered", "failed", "no_url"]
     attempts: list[DeliveryAttempt] = Field(default_factory=list)
+    payload: dict[str, Any] | None = Field(
+        default=None, description="posted instead of event: the event in an imitated API's shape"
+    )
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

@@ -39,7 +39,13 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
-    from api.compat import open_reference, tutorial_batch
+    from api.compat import (
+        open_reference,
+        openai_audio,
+        post_call_recordings,
+        recording_platform,
+        tutorial_batch,
+    )
     from api.compat.deepgram import deepgram_router
     from api.compat.jitsi import jitsi_router
     from api.compat.live_protocol import live_protocol_router
@@ -118,6 +124,10 @@ async def running_service(
             tutorial_batch.router,
             open_reference.open_reference_router(),
         ]
+        services.routers.append(post_call_recordings.router)
+        services.routers.append(recording_platform.router)
+        services.routers.append(openai_audio.router)
+        services.public_paths.append(recording_platform.DOWNLOAD_PREFIX + "*")  # signed URLs
         yield Running(settings, create_app(services), runtime, services, embedded)
 
 

@@ -16,7 +16,9 @@ from tests.api_helpers import make_settings
 from tests.service_helpers import served
 
 KEY, BRIDGE_TOKEN = "api-key-1", "bridge-token-1"
-PUBLIC = {"/health", "/overlay", "/overlay/overlay.js"}
+# the recording platform's download URL carries its own signature instead of a key
+SIGNED_DOWNLOAD = "/api/v1/download/transcript/{transcript_id}.json"
+PUBLIC = {"/health", "/overlay", "/overlay/overlay.js", SIGNED_DOWNLOAD}
 # WebSockets that answer a missing key with an error frame and close 4001
 WEBSOCKETS = ["/v1/listen", "/v1/stream", "/api/v1/transcription/stream"]
 BRIDGE = ("/whip/", "/v1/sessions", "/v1/janus/")
