@@ -10,6 +10,8 @@ from typing import Any
 import fastapi.routing
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIWebSocketRoute
+from starlette.routing import WebSocketRoute
 
 from api import transcripts
 from api.auth import AccessPolicy, AuthMiddleware
@@ -19,6 +21,19 @@ from api.limits import BodyLimitMiddleware
 from api.metrics import CONTENT_TYPE_LATEST
 from api.middleware import RequestContextMiddleware
 from api.services import Services
+
+
+def websocket_routes(app: FastAPI) -> list[dict[str, str]]:
+    """OpenAPI has no WebSocket operations: the document lists them under ``x-websockets``
+    (path and the first line of the handler's docstring), so it names every route."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
+    found = {}
+    for context in contexts(app.routes):
+        route = getattr(context, "original_route", context)  # FastAPI >= 0.165 wraps them
+        if isinstance(route, WebSocketRoute | APIWebSocketRoute):
+            doc = (route.endpoint.__doc__ or "").strip().splitlines()
+            found[context.path] = {"path": context.path, "summary": doc[0] if doc else route.name}
+    return [found[path] for path in sorted(found)]
 
 
 def create_app(services: Services) -> FastAPI:
@@ -121,6 +136,7 @@ def create_app(services: Services) -> FastAPI:
                 description=app.description,
                 routes=app.routes,
             )
+            schema["x-websockets"] = websocket_routes(app)
             app.openapi_schema = document_errors(schema, policy)
         return app.openapi_schema
 

@@ -13,6 +13,14 @@ KEY = {"Authorization": "Bearer k"}
 # the recording platform's download URL carries its own signature instead of a key
 SIGNED_DOWNLOAD = "/api/v1/download/transcript/{transcript_id}.json"
 PUBLIC = {"/health", "/overlay", SIGNED_DOWNLOAD}
+WEBSOCKETS = {
+    "/v1/listen",
+    "/v1/stream",
+    "/api/v1/transcription/stream",
+    "/deepgram/v1/listen",
+    "/transcribe",
+    "/api/transcribe/live/{job_id}",
+}
 BODILESS = {"/v1/listen/token", "/v1/rooms/{room}/overlay-token"}
 
 
@@ -27,6 +35,9 @@ async def test_document_lists_every_status_and_body(nats_url: str, tmp_path: Pat
     async with served(settings) as service, httpx.AsyncClient(base_url=service.http_url) as client:
         document = (await client.get("/openapi.json", headers=KEY)).json()
         paths = document["paths"]
+        sockets = {entry["path"]: entry["summary"] for entry in document["x-websockets"]}
+        assert set(sockets) == WEBSOCKETS, sockets
+        assert all(sockets.values()), sockets
         for path, operations in paths.items():
             for method, operation in operations.items():
                 codes = set(operation["responses"])
