@@ -24,20 +24,30 @@ import re
 import time
 import wave
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AccessPolicy
 from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
+from config.settings import Settings
 from engines.ask import AskError, ask
 from engines.base import SAMPLE_RATE, ModelNotFoundError
 from engines.llm import llm_configured, summarize_with
@@ -328,6 +338,28 @@ def _seconds(fields: dict[str, str], name: str) -> float | None:
     if not number >= 0 or number == float("inf"):
         raise _fail(400, f"{name}: expected seconds >= 0, got {value!r}")
     return number
+
+
+@dataclass
+class AudioUpload:
+    file: UploadFile
+    fields: dict[str, str]
+    size: int
+
+
+async def _audio_upload(request: Request, settings: Settings, fields: str) -> AudioUpload:
+    """A multipart upload whose ``file`` is audio (or unlabelled); the caller closes it."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise _fail(400, f"send multipart/form-data with {fields}")
+    upload = await read_upload(request, int(settings.api.max_upload_mb * 1024 * 1024))
+    if upload.file is None:
+        raise _fail(400, "file is required")
+    try:
+        _audio_type(upload.file.content_type)
+    except ApiError:
+        await upload.file.close()
+        raise
+    return AudioUpload(upload.file, upload.fields, upload.size)
 
 
 def _audio_type(content_type: str | None) -> None:
@@ -624,13 +656,8 @@ def open_reference_router() -> APIRouter:
         """Queue a batch job for the uploaded file (``diarize`` defaults to true, as documented)."""
         services = _services(request)
         settings = services.settings
-        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-            raise _fail(400, "send multipart/form-data with a file field")
-        upload = await read_upload(request, int(settings.api.max_upload_mb * 1024 * 1024))
-        if upload.file is None:
-            raise _fail(400, "file is required")
+        upload = await _audio_upload(request, settings, "a file field")
         try:
-            _audio_type(upload.file.content_type)
             model = _model(upload.fields.get("model_name"), services, settings.postcall.batch_model)
             options = JobOptions(
                 model=model,
@@ -826,13 +853,8 @@ def open_reference_router() -> APIRouter:
         """Recognize the clipped audio of one segment again (with ``model_name``)."""
         services = _services(request)
         settings = services.settings
-        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-            raise _fail(400, "send multipart/form-data with file and segment_id")
-        upload = await read_upload(request, int(settings.api.max_upload_mb * 1024 * 1024))
-        if upload.file is None:
-            raise _fail(400, "file is required")
+        upload = await _audio_upload(request, settings, "file and segment_id")
         try:
-            _audio_type(upload.file.content_type)
             segment_id = upload.fields.get("segment_id", "").strip()
             if not segment_id:
                 raise _fail(400, "segment_id is required")
