@@ -571,12 +571,16 @@ def run_one(
                 measure(mode, tracks, talkers, programs, receiver, port, host, warmup, seconds, dtx)
             )
         finally:
-            receiver.terminate()
-            try:
-                receiver.wait(15)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
-                receiver.wait()
+            stop_receiver(receiver)
+
+
+def stop_receiver(receiver: subprocess.Popen[bytes]) -> None:
+    receiver.terminate()
+    try:
+        receiver.wait(15)
+    except subprocess.TimeoutExpired:
+        receiver.kill()
+        receiver.wait()
 
 
 def kept_pace(run: dict[str, Any]) -> bool:

@@ -45,6 +45,7 @@ from bench.bridge import (
     realtime_held,
     run_one,
     self_cpu_s,
+    stop_receiver,
 )
 from config import load_settings
 from engines.factory import load_engine
@@ -198,12 +199,7 @@ def run_jitsi(
         try:
             return asyncio.run(measure(tracks, talking, programs, receiver, port, warmup, seconds))
         finally:
-            receiver.terminate()
-            try:
-                receiver.wait(15)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
-                receiver.wait()
+            stop_receiver(receiver)
 
 
 def main(
