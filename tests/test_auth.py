@@ -21,6 +21,11 @@ SIGNED_DOWNLOAD = "/api/v1/download/transcript/{transcript_id}.json"
 PUBLIC = {"/health", "/overlay", "/overlay/overlay.js", SIGNED_DOWNLOAD}
 # WebSockets that answer a missing key with an error frame and close 4001
 WEBSOCKETS = ["/v1/listen", "/v1/stream", "/api/v1/transcription/stream"]
+# WebSockets whose protocol has no error message: a missing key closes them with 4001
+CLOSING_SOCKETS = {
+    "/transcribe": "/transcribe",
+    "/api/transcribe/live/{job_id}": "/api/transcribe/live/x",
+}
 BRIDGE = ("/whip/", "/v1/sessions", "/v1/janus/")
 
 
@@ -91,7 +96,13 @@ async def test_every_route_needs_a_key_and_bridge_tokens_only_open_the_bridge(
                     assert narrow.status_code == 401, what
         assert checked >= 20
         sockets = [path for path, _, socket in routes if socket]
-        assert sorted(sockets) == sorted([*WEBSOCKETS, "/deepgram/v1/listen"])
+        assert sorted(sockets) == sorted([*WEBSOCKETS, *CLOSING_SOCKETS, "/deepgram/v1/listen"])
+        for path in CLOSING_SOCKETS.values():
+            async with connect(service.http_url.replace("http", "ws") + path) as socket:
+                with pytest.raises(ConnectionClosed) as shut:
+                    while True:  # whatever the protocol says first, then the close
+                        await socket.recv()
+            assert shut.value.rcvd is not None and shut.value.rcvd.code == 4001, path
         for path in WEBSOCKETS:
             async with connect(service.http_url.replace("http", "ws") + path) as socket:
                 refusal = json.loads(await socket.recv())
@@ -109,7 +120,7 @@ async def test_every_route_needs_a_key_and_bridge_tokens_only_open_the_bridge(
             assert socket.state.name == "OPEN"
         metrics = await client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
         assert 'roomscribe_auth_failures_total{surface="http"}' in metrics.text
-        assert 'roomscribe_auth_failures_total{surface="websocket"} 4.0' in metrics.text
+        assert 'roomscribe_auth_failures_total{surface="websocket"} 6.0' in metrics.text
 
 
 async def test_public_paths_open_metrics_and_docs_only_when_listed(

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import AccessPolicy
+from api.auth import AccessPolicy, authorization_token
 from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
@@ -746,9 +746,8 @@ def open_reference_router() -> APIRouter:
         services: Services = websocket.app.state.services
         await websocket.accept()
         api = services.settings.api
-        header = websocket.headers.get("authorization", "")
-        given = websocket.query_params.get("api_key") or (
-            header[7:].strip() if header.lower().startswith("bearer ") else ""
+        given = websocket.query_params.get("api_key") or authorization_token(
+            websocket.headers.get("authorization", "")
         )
         if not AccessPolicy(api.api_keys, api.public_paths).allows(websocket.url.path, given):
             services.metrics.auth_failures.labels("websocket").inc()
