@@ -39,17 +39,7 @@ async def running_service(
 
     ``engine``: a live engine already loaded (default: load ``live.model``)."""
     from api.app import create_app
-    from api.compat import (
-        open_reference,
-        openai_audio,
-        post_call_recordings,
-        recording_platform,
-        tutorial_batch,
-    )
-    from api.compat.deepgram import deepgram_router
-    from api.compat.jitsi import jitsi_router
-    from api.compat.live_protocol import live_protocol_router
-    from api.compat.tutorial_stream import tutorial_stream_router
+    from api.compat.routes import PUBLIC_PATHS, compat_routers
     from api.listen import listen_router
     from api.overlay import overlay_router
     from api.overlay_credentials import OverlayCredentials
@@ -116,18 +106,10 @@ async def running_service(
         websocket_url = embedded.websocket_url if embedded else None
         services.routers += [
             listen_router(runtime, admission, settings, services.metrics),
-            tutorial_stream_router(runtime, admission, settings, services.metrics),
-            live_protocol_router(runtime, admission, settings, services.metrics),
-            deepgram_router(runtime, admission, settings, services.metrics),
-            jitsi_router(runtime, settings, services.metrics),
             overlay_router(settings, websocket_url, credentials),
-            tutorial_batch.router,
-            open_reference.open_reference_router(),
+            *compat_routers(runtime, admission, settings, services.metrics),
         ]
-        services.routers.append(post_call_recordings.router)
-        services.routers.append(recording_platform.router)
-        services.routers.append(openai_audio.router)
-        services.public_paths.append(recording_platform.DOWNLOAD_PREFIX + "*")  # signed URLs
+        services.public_paths += PUBLIC_PATHS
         yield Running(settings, create_app(services), runtime, services, embedded)
 
 
