@@ -124,6 +124,14 @@ class ApiSettings(BaseModel):
     allow_model_paths: bool = Field(
         default=False, description="API callers may name model folders outside the catalog"
     )
+    sync_wait_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="how long a route that answers with the finished job (OpenAI audio) waits",
+    )
+    shutdown_grace_s: int = Field(
+        default=10, gt=0, description="seconds requests still open at shutdown get"
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="browser origins (scheme://host[:port]) allowed to call the API; '*' = any",

@@ -133,7 +133,13 @@ async def serve(settings: Settings) -> None:
     async with running_service(settings) as service:
         api = settings.api
         server = _Server(
-            uvicorn.Config(service.app, host=api.host, port=api.port, log_level="info")
+            uvicorn.Config(
+                service.app,
+                host=api.host,
+                port=api.port,
+                log_level="info",
+                timeout_graceful_shutdown=api.shutdown_grace_s,
+            )
         )
         nats_line = str(service.settings.nats.url)
         if service.embedded is not None:

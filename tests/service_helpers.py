@@ -48,6 +48,7 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
                 log_level="warning",
                 ws="websockets-sansio",
                 lifespan="on",
+                timeout_graceful_shutdown=settings.api.shutdown_grace_s,
             )
         )
         task = asyncio.create_task(server.serve())

@@ -23,8 +23,9 @@ async def test_openapi_fuzzed_clean(nats_url: str, tmp_path: Path, keys: list[st
     settings = make_settings(
         nats_url,
         tmp_path,
-        api={"api_keys": keys, "allow_private_urls": False},
-        postcall={"run_worker": False},
+        # the worker runs, as under serve: the OpenAI route waits for its job's answer
+        api={"api_keys": keys, "allow_private_urls": False, "sync_wait_s": 60.0},
+        postcall={"run_worker": True},
     )
     async with served(settings) as service:
         headers = ["-H", f"Authorization: Bearer {KEY}"] if keys else []

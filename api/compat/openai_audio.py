@@ -2,7 +2,7 @@
 
 The upload becomes a normal batch job of the one job store (``GET /v1/transcripts/{id}``
 shows it; its id is in the ``X-Roomscribe-Job`` header); the answer comes when the job ends,
-or after ``WAIT_S`` with a 504 that tells the client not to retry (the job goes on).
+or after ``api.sync_wait_s`` with a 504 that tells the client not to retry (the job goes on).
 ``whisper-1`` is ``postcall.batch_model``; roomscribe's own model names work too. ``prompt``
 and ``temperature`` are accepted and not used (the decoder is beam search without a prompt).
 Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
@@ -20,13 +20,20 @@ from api.errors import ApiError
 from api.services import Services
 from api.transcripts import _checked_language, _checked_model
 from api.uploads import read_upload
-from pipeline.jobs import JobKind, JobOptions, JobRecord, JobSource, JobState, wait_for
+from pipeline.jobs import (
+    JobKind,
+    JobNotFoundError,
+    JobOptions,
+    JobRecord,
+    JobSource,
+    JobState,
+    wait_for,
+)
 from protocol.errors import ErrorCode
 from protocol.transcript import Transcript
 
 router = APIRouter(tags=["compat: OpenAI audio"])
 
-WAIT_S = 900.0
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 ALIASES = ("whisper-1",)
@@ -323,15 +330,20 @@ async def _transcribe(request: Request) -> Response:
         if upload.file is not None:
             await upload.file.close()
     headers = {"X-Roomscribe-Job": record.id}
+    wait_s = services.settings.api.sync_wait_s
     try:
-        record = await wait_for(services.store, record.id, limit_s=WAIT_S, poll_s=0.2)
+        record = await wait_for(services.store, record.id, limit_s=wait_s, poll_s=0.2)
     except TimeoutError:
         raise OpenAIError(
             504,
-            f"still transcribing after {WAIT_S:.0f} s; GET /v1/transcripts/{record.id}",
+            f"still transcribing after {wait_s:.0f} s; GET /v1/transcripts/{record.id}",
             code="timeout",
             kind="server_error",
             headers={**headers, "x-should-retry": "false"},
+        ) from None
+    except JobNotFoundError:
+        raise OpenAIError(
+            404, f"job {record.id} was deleted before it finished", code="job_deleted"
         ) from None
     if record.status != JobState.COMPLETED:
         raise _failure(record)
