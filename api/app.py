@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import fastapi.routing
 from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIWebSocketRoute
@@ -16,7 +15,7 @@ from starlette.routing import WebSocketRoute
 from api import transcripts
 from api.auth import AccessPolicy, AuthMiddleware
 from api.cors import CorsMiddleware, CorsPolicy
-from api.errors import document_errors, install_error_handlers
+from api.errors import document_errors, install_error_handlers, route_contexts
 from api.limits import BodyLimitMiddleware
 from api.metrics import CONTENT_TYPE_LATEST
 from api.middleware import RequestContextMiddleware
@@ -26,9 +25,8 @@ from api.services import Services
 def websocket_routes(app: FastAPI) -> list[dict[str, str]]:
     """OpenAPI has no WebSocket operations: the document lists them under ``x-websockets``
     (path and the first line of the handler's docstring), so it names every route."""
-    contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
     found = {}
-    for context in contexts(app.routes):
+    for context in route_contexts(app):
         route = getattr(context, "original_route", context)  # FastAPI >= 0.165 wraps them
         if isinstance(route, WebSocketRoute | APIWebSocketRoute):
             doc = (route.endpoint.__doc__ or "").strip().splitlines()
@@ -111,9 +109,8 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/", tags=["ops"])
     async def root() -> dict[str, Any]:
         """Service metadata: name, version and every route."""
-        contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
         endpoints = sorted(
-            {path for route in contexts(app.routes) if (path := getattr(route, "path", None))}
+            {path for route in route_contexts(app) if (path := getattr(route, "path", None))}
         )
         return {
             "name": app.title,

@@ -3,8 +3,9 @@
 answered here."""
 
 import re
+from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import fastapi.routing
 from fastapi import FastAPI, Request
@@ -31,9 +32,16 @@ def error_response(
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
+def route_contexts(app: FastAPI) -> Iterable[Any]:
+    """Every route of ``app``, included routers' too (FastAPI >= 0.165 no longer lists
+    included routes in ``app.routes``; its contexts carry ``path`` and ``original_route``)."""
+    walk = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)
+    return cast(Iterable[Any], walk(app.routes))
+
+
 def allowed_methods(app: FastAPI, path: str) -> set[str]:
     """The methods of the route that owns ``path`` (Starlette names the first match's)."""
-    contexts = getattr(fastapi.routing, "iter_route_contexts", lambda routes: routes)(app.routes)
+    contexts = route_contexts(app)
     matching: dict[str, set[str]] = {}
     for route in contexts:
         template, found = getattr(route, "path", None), getattr(route, "methods", None)

@@ -272,14 +272,19 @@ async def _sampling(window: Window) -> None:
         await asyncio.sleep(0.25)
 
 
+async def serve_window(app: FastAPI, window: Window, port: int) -> None:
+    """Serve a receiver's app while its window samples the lag."""
+    sampler = asyncio.ensure_future(_sampling(window))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        sampler.cancel()
+
+
 async def serve_receiver(mode: str, port: int, data_dir: Path, host: str) -> None:
     async with _receiver(mode, data_dir, host) as (server_app, window):
-        sampler = asyncio.ensure_future(_sampling(window))
-        config = uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning")
-        try:
-            await uvicorn.Server(config).serve()
-        finally:
-            sampler.cancel()
+        await serve_window(server_app, window, port)
 
 
 class CountingBridge(Bridge):

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import connect
 
@@ -35,7 +34,6 @@ from bench.bridge import (
     ROOM,
     BotWindow,
     Programs,
-    _sampling,
     _until_ready,
     _window_routes,
     free_port,
@@ -45,6 +43,7 @@ from bench.bridge import (
     realtime_held,
     run_one,
     self_cpu_s,
+    serve_window,
     stop_receiver,
 )
 from config import load_settings
@@ -93,12 +92,7 @@ async def _receiver(data_dir: Path) -> Any:
 
 async def serve_receiver(port: int, data_dir: Path) -> None:
     async with _receiver(data_dir) as (app, window):
-        sampler = asyncio.ensure_future(_sampling(window))
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        try:
-            await uvicorn.Server(config).serve()
-        finally:
-            sampler.cancel()
+        await serve_window(app, window, port)
 
 
 def _payloads(programs: Programs, tracks: int, talking: int) -> list[tuple[str, list[str]]]:

@@ -39,6 +39,16 @@ def reply_body(result: BaseModel | None = None, error: BridgeError | None = None
     return json.dumps(body).encode()
 
 
+def _as_bridge_error(exc: Exception, subject: str) -> BridgeError:
+    """What a NATS requester is answered when handling its request raised ``exc``."""
+    if isinstance(exc, BridgeError):
+        return exc
+    if isinstance(exc, ServiceError):  # the service's own refusals (capacity...)
+        return BridgeError(exc.status, exc.code, exc.message)
+    log.exception("NATS request on %s failed", subject, exc_info=exc)
+    return BridgeError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
 class BridgeNatsService:
     def __init__(self, bridge: Bridge, nc: Client, claims: RoomClaims | None = None) -> None:
         self.bridge = bridge
@@ -69,30 +79,23 @@ class BridgeNatsService:
         error: BridgeError | None = None
         try:
             result = await action()
-        except BridgeError as exc:
-            error = exc
         except Exception as exc:
-            if isinstance(exc, ServiceError):  # the service's own refusals (capacity...)
-                error = BridgeError(exc.status, exc.code, exc.message)
-            else:
-                log.exception("NATS request on %s failed", msg.subject)
-                error = BridgeError(500, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            error = _as_bridge_error(exc, msg.subject)
         if msg.reply:
             await msg.respond(reply_body(result, error))
 
     async def _on_invite(self, msg: Msg) -> None:
         """A room lives on one bot: an invite for a room another live bot holds goes there."""
-        if self.claims is not None:
-            try:
-                room = parse_json(rooms.CreateSession, msg.data).room
-                holder = await self.claims.holder(room)
-            except BridgeError as exc:
-                if msg.reply:
-                    await msg.respond(reply_body(error=exc))
-                return
-            if holder is not None and await self._forward(msg, room, holder):
-                return
-        await self._on_own_invite(msg)
+        try:
+            body = parse_json(rooms.CreateSession, msg.data)
+            holder = await self.claims.holder(body.room) if self.claims is not None else None
+        except Exception as exc:
+            if msg.reply:
+                await msg.respond(reply_body(error=_as_bridge_error(exc, msg.subject)))
+            return
+        if holder is not None and await self._forward(msg, body.room, holder):
+            return
+        await self._create(msg, body)
 
     async def _forward(self, msg: Msg, room: str, holder: str) -> bool:
         """Relay the invite to ``holder``; False (and the room is ours) when it does not answer."""
@@ -112,10 +115,13 @@ class BridgeNatsService:
         return True
 
     async def _on_own_invite(self, msg: Msg) -> None:
+        """An invite forwarded to this bot, which holds the room."""
+        await self._create(msg, None)
+
+    async def _create(self, msg: Msg, body: rooms.CreateSession | None) -> None:
         async def create() -> rooms.SessionAnswer:
-            answer = await rooms.create_session(
-                self.bridge, parse_json(rooms.CreateSession, msg.data)
-            )
+            parsed = body or parse_json(rooms.CreateSession, msg.data)
+            answer = await rooms.create_session(self.bridge, parsed)
             await self._follow(answer.session_id)
             return answer
 
