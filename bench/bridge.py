@@ -1,8 +1,9 @@
 """`roomscribe bench bridge`: N audio tracks over real WebRTC into the bot vs a bare aiortc receiver.
 
 The receiver runs in its own process (``python -m bench.bridge receiver``) so its CPU and RSS
-are read from /proc. ``bot`` is the service's bridge and live pipeline (whisper tiny.en);
-``bare`` answers the same ``POST /v1/sessions`` with a plain aiortc peer that only decodes.
+are read from /proc (summed with its child processes). ``bot`` is the service's bridge and
+live pipeline (whisper tiny.en) as ``serve`` runs it, recognition in its own process;
+``bot-threads`` the same with recognition in threads of the bot process; ``bare`` answers the same ``POST /v1/sessions`` with a plain aiortc peer that only decodes.
 The sender (this process) sends pre-encoded Opus, so its own cost stays small: ``talkers``
 tracks loop LibriVox utterances with pauses, the others send -60 dBFS room noise.
 
@@ -52,7 +53,6 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from fastapi import FastAPI, Request
 
 from config import load_settings
-from engines.factory import load_engine
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import AnyFrame
 from protocol import CaptionFrame, ErrorFrame
@@ -64,6 +64,7 @@ LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 ROOM = "bench"
 FRAME_S = 0.02
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ("bot", "bot-threads", "bare")
 
 
 def host_address() -> str:
@@ -307,9 +308,12 @@ async def _receiver(mode: str, data_dir: Path, host: str) -> Any:
         return
 
     bot = BotWindow()
-    settings = load_settings(data_dir=data_dir, bridge={"host_addresses": [host]})
-    engine = load_engine(settings.live.model, load_settings())
-    runtime = await LiveRuntime.create(settings, bot, engine=engine)
+    settings = load_settings(
+        data_dir=data_dir,
+        bridge={"host_addresses": [host]},
+        live={"recognizer_process": mode == "bot"},
+    )
+    runtime = await LiveRuntime.create(settings, bot)
     bridge = CountingBridge(runtime, bot)
 
     def call() -> Any:
@@ -415,20 +419,43 @@ class PacketTrack(MediaStreamTrack):
 # --- driver ------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
+def family(pid: int) -> list[int]:
+    """``pid`` and its child processes (the bot's recognition process)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _each(pid: int, read: Callable[[int], float]) -> float:
+    total = 0.0
+    for member in family(pid):
+        try:
+            total += read(member)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_rss_mb(pid: int) -> float:
+def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def proc_wait_s(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU (other load)."""
+def _wait_s(pid: int) -> float:
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -436,6 +463,19 @@ def proc_wait_s(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total / 1e9
+
+
+def proc_cpu_s(pid: int) -> float:
+    return _each(pid, _cpu_s)
+
+
+def proc_rss_mb(pid: int) -> float:
+    return _each(pid, _rss_mb)
+
+
+def proc_wait_s(pid: int) -> float:
+    """Seconds the processes' threads spent runnable but waiting for a CPU (other load)."""
+    return _each(pid, _wait_s)
 
 
 def udp_drops(pid: int) -> int:
@@ -596,7 +636,7 @@ def kept_pace(run: dict[str, Any]) -> bool:
 def realtime_held(run: dict[str, Any]) -> bool:
     seen = run["receiver"]
     held = kept_pace(run)
-    if run["mode"] == "bot":
+    if run["mode"] != "bare":
         held = held and not seen["skipped_s"] and len(seen["finals"]) >= run["talking"]
         held = held and (seen["final_max_s"] or 0.0) < 5.0
     return bool(held)
@@ -604,10 +644,11 @@ def realtime_held(run: dict[str, Any]) -> bool:
 
 def summarize(runs: list[dict[str, Any]], talkers: int) -> list[dict[str, Any]]:
     cpu = {(r["mode"], r["tracks"], r["talking"]): r["cpu_cores"] for r in runs}
+    modes = list(dict.fromkeys(r["mode"] for r in runs))
     rows = []
     for count in sorted({r["tracks"] for r in runs}):
         row: dict[str, Any] = {"tracks": count}
-        for mode in ("bot", "bare"):
+        for mode in modes:
             silent, talking = cpu.get((mode, count, 0)), cpu.get((mode, count, talkers))
             if silent is None or talking is None:
                 continue
@@ -622,11 +663,13 @@ def summarize(runs: list[dict[str, Any]], talkers: int) -> list[dict[str, Any]]:
                 for r in runs
                 if (r["mode"], r["tracks"], r["talking"]) == (mode, count, talkers)
             )
-        bot, bare = cpu.get(("bot", count, 0)), cpu.get(("bare", count, 0))
-        if bot is not None and bare:
-            row["overhead_silent"] = round(bot / bare - 1, 3)
+        bare = cpu.get(("bare", count, 0))
+        for mode in modes:
+            bot = cpu.get((mode, count, 0))
+            if mode != "bare" and bot is not None and bare:
+                row[f"{mode}_overhead_silent"] = round(bot / bare - 1, 3)
         row["cpu_is_cost"] = all(kept_pace(r) for r in runs if r["tracks"] == count)
-        for mode in ("bot", "bare"):
+        for mode in modes:
             row[f"{mode}_realtime_held"] = all(
                 r["realtime_held"] for r in runs if r["mode"] == mode and r["tracks"] == count
             )
@@ -641,6 +684,7 @@ def main(
     warmup: float,
     out: str | None,
     dtx: bool = False,
+    modes: tuple[str, ...] = ("bot", "bare"),
 ) -> None:
     """``dtx``: the silent tracks send as an Opus DTX sender does (a packet per 400 ms)."""
     programs = Programs.build(talkers)
@@ -656,7 +700,7 @@ def main(
     print(json.dumps(lines[0]), flush=True)
     runs = []
     for count in tracks:
-        for mode in ("bot", "bare"):
+        for mode in modes:
             for talking in (0, talkers):
                 run = run_one(mode, count, talking, programs, warmup, seconds, dtx)
                 run["realtime_held"] = realtime_held(run)
@@ -671,7 +715,7 @@ def main(
 
 def _receiver_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge receiver")
-    parser.add_argument("--mode", choices=["bot", "bare"], required=True)
+    parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--host", required=True)
@@ -682,6 +726,6 @@ def _receiver_main(argv: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["receiver"]:
         sys.exit(
-            "usage: python -m bench.bridge receiver --mode bot|bare --port P --data-dir D --host H"
+            "usage: python -m bench.bridge receiver --mode bot|bot-threads|bare --port P --data-dir D --host H"
         )
     _receiver_main(sys.argv[2:])

@@ -33,6 +33,13 @@ class LiveSettings(BaseModel):
         description="streams whose language the live model does not know (or auto) use this",
     )
     decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
+    recognizer_process: bool = Field(
+        default=True,
+        description="decode live streams in a child process, so the loop that receives RTP never waits behind recognition",
+    )
+    recognizer_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU priority of that process below the bot's"
+    )
     partial_interval_s: float = Field(default=0.6, gt=0)
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)

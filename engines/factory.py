@@ -6,6 +6,7 @@ from config import Settings
 from engines.base import Engine, ModelNotFoundError
 from engines.device import resolve_device
 from engines.models import (
+    ResolvedModel,
     UnsupportedLanguageError,
     check_language,
     normalize_language,
@@ -39,12 +40,18 @@ def pick_live_model(
     return fallback, wanted
 
 
-def load_engine(name: str, settings: Settings, *, multilingual: bool = False) -> Engine:
-    """The live engine for ``name`` (catalog name, model folder or URL already pulled).
-    A ``multilingual`` one has no default language: its streams name theirs or detect it."""
+def present_model(name: str, settings: Settings) -> ResolvedModel:
+    """``name`` resolved; raises :class:`ModelNotFoundError` when it is not on disk."""
     model = resolve(name, settings.data_dir)
     if not model.present:
         raise ModelNotFoundError(name, f"not downloaded yet: run `roomscribe models pull {name}`")
+    return model
+
+
+def load_engine(name: str, settings: Settings, *, multilingual: bool = False) -> Engine:
+    """The live engine for ``name`` (catalog name, model folder or URL already pulled).
+    A ``multilingual`` one has no default language: its streams name theirs or detect it."""
+    model = present_model(name, settings)
     live = settings.live
     if model.kind == "whisper":
         options = WhisperOptions(

@@ -2,11 +2,43 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from engines.base import Engine, EngineError, Hypothesis, StreamStats, as_float32
-from engines.scheduler import DecodeScheduler
+
+if TYPE_CHECKING:
+    from engines.scheduler import DecodeScheduler
+
+
+class SpeechRecognizer(Protocol):
+    """What a caller holds for one speaker: :class:`RecognizeStream` in this process, or its
+    counterpart decoded in the recognition process."""
+
+    @property
+    def backlog_seconds(self) -> float: ...
+
+    def push_frame(self, pcm: bytes | np.ndarray) -> None: ...
+
+    def end_input(self) -> None: ...
+
+    async def wait_idle(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[Hypothesis]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Recognition(Protocol):
+    """Where live streams are decoded: :class:`engines.scheduler.DecodeScheduler` here, or
+    :class:`pipeline.recognizer_process.RecognizerProcess` in a child process."""
+
+    def open(self, engine: Engine, language: str | None = None) -> SpeechRecognizer: ...
+
+    def backlog_s(self) -> float: ...
+
+    async def stop(self) -> None: ...
 
 
 class RecognizeStream:
@@ -16,7 +48,7 @@ class RecognizeStream:
     def __init__(
         self,
         engine: Engine,
-        scheduler: DecodeScheduler,
+        scheduler: "DecodeScheduler",
         language: str | None = None,
         max_events: int = 256,
     ) -> None:
@@ -43,6 +75,10 @@ class RecognizeStream:
         """Nothing to decode and nothing being decoded: a feeder faster than real time waits
         for this, so every decode a real-time feed would get happens (same results)."""
         return not self._reg.in_flight and self._stream.next_work(self._scheduler.load) is None
+
+    async def wait_idle(self) -> None:
+        while not self.idle:  # noqa: ASYNC110 - decode-thread state, no event
+            await asyncio.sleep(0.005)
 
     def push_frame(self, pcm: bytes | np.ndarray) -> None:
         """16 kHz mono audio: s16le bytes, int16 or float32 samples."""

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engines.base import Engine, EngineStream, Hypothesis, Work
+from engines.recognize import RecognizeStream
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class DecodeScheduler:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+    def open(self, engine: Engine, language: str | None = None) -> RecognizeStream:
+        """A recognizer stream for one speaker on ``engine``, decoded by this scheduler."""
+        return RecognizeStream(engine, self, language)
 
     def register(
         self,

@@ -1,5 +1,6 @@
-"""What every call in the process shares: settings, the live engine, the decode scheduler,
-the frame sink, admission and the hand-over of ended calls to post-call."""
+"""What every call in the process shares: settings, the live engine, where live streams are
+decoded (a scheduler here or the recognition process), the frame sink, admission and the
+hand-over of ended calls to post-call."""
 
 import asyncio
 from pathlib import Path
@@ -9,7 +10,9 @@ from config import Settings
 from engines.base import Engine
 from engines.factory import decode_threads, load_engine, pick_live_model
 from engines.models import check_language
+from engines.recognize import Recognition
 from engines.scheduler import DecodeScheduler
+from pipeline.recognizer_process import RecognizerProcess
 from pipeline.sink import FrameSink
 from protocol import Subjects
 
@@ -20,11 +23,11 @@ if TYPE_CHECKING:
 
 class LiveRuntime:
     def __init__(
-        self, settings: Settings, engine: Engine, scheduler: DecodeScheduler, sink: FrameSink
+        self, settings: Settings, engine: Engine, recognition: Recognition, sink: FrameSink
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.scheduler = scheduler
+        self.recognition = recognition
         self.sink = sink
         self.subjects = Subjects(settings.nats.subject_prefix)
         self.handover: CallHandover | None = None
@@ -42,17 +45,30 @@ class LiveRuntime:
         if name not in self._engines:
             async with self._loading:
                 if name not in self._engines:
-                    self._engines[name] = await asyncio.to_thread(
-                        load_engine, name, self.settings, multilingual=True
-                    )
+                    self._engines[name] = await self._load(name)
         engine = self._engines[name]
         check_language(name, stream_language, engine.info.languages)
         return engine, stream_language
+
+    async def _load(self, name: str) -> Engine:
+        if isinstance(self.recognition, RecognizerProcess):
+            return await self.recognition.load(name, multilingual=True)
+        return await asyncio.to_thread(load_engine, name, self.settings, multilingual=True)
 
     @classmethod
     async def create(
         cls, settings: Settings, sink: FrameSink, engine: Engine | None = None
     ) -> "LiveRuntime":
+        """``engine``: a live engine already loaded here, decoded in this process; else
+        ``live.model``, in the recognition process when ``live.recognizer_process``."""
+        if engine is None and settings.live.recognizer_process:
+            process = RecognizerProcess(settings, nice=settings.live.recognizer_nice)
+            await process.start()
+            try:
+                return cls(settings, await process.load(settings.live.model), process, sink)
+            except BaseException:
+                await process.stop()
+                raise
         scheduler = DecodeScheduler(decode_threads(settings), max_load=settings.live.max_load)
         await scheduler.start()
         return cls(settings, engine or load_engine(settings.live.model, settings), scheduler, sink)
@@ -62,4 +78,4 @@ class LiveRuntime:
         return self.settings.calls_dir
 
     async def aclose(self) -> None:
-        await self.scheduler.stop()
+        await self.recognition.stop()

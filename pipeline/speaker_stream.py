@@ -1,6 +1,5 @@
 """One participant's audio in, that participant's caption frames out."""
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -9,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.base import SAMPLE_RATE, Engine, EngineError, Hypothesis, InvalidAudioError, as_float32
-from engines.recognize import RecognizeStream
-from engines.scheduler import DecodeScheduler
+from engines.recognize import Recognition
 from pipeline.recorder import TrackRecorder
 from pipeline.sink import FrameSink
 from pipeline.tasks import TaskSet
@@ -42,7 +40,7 @@ class SpeakerStream:
         self,
         who: Participant,
         engine: Engine,
-        scheduler: DecodeScheduler,
+        recognition: Recognition,
         sink: FrameSink,
         *,
         offset: float = 0.0,
@@ -58,7 +56,7 @@ class SpeakerStream:
         self._recorder = recorder
         self._on_final = on_final
         self._max_backlog = max_backlog_s
-        self._recognizer = RecognizeStream(engine, scheduler, who.language)
+        self._recognizer = recognition.open(engine, who.language)
         self._id = uuid.uuid4().hex[:10]
         self._received = 0
         self._seq = 0
@@ -77,8 +75,7 @@ class SpeakerStream:
     async def caught_up(self) -> None:
         """Wait until recognition has decoded everything pushed so far (for feeds faster
         than real time)."""
-        while not self._recognizer.idle:  # noqa: ASYNC110 - decode-thread state, no event
-            await asyncio.sleep(0.005)
+        await self._recognizer.wait_idle()
 
     def push(
         self,

@@ -162,7 +162,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     elif args.bench_command == "bridge":
         from bench.bridge import main as bench_bridge
 
-        bench_bridge(args.tracks, args.talkers, args.seconds, args.warmup, args.out, args.dtx)
+        bench_bridge(
+            args.tracks,
+            args.talkers,
+            args.seconds,
+            args.warmup,
+            args.out,
+            args.dtx,
+            tuple(args.modes),
+        )
     elif args.bench_command == "jitsi":
         from bench.jitsi import main as bench_jitsi
 
@@ -300,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_bridge.add_argument("--warmup", type=float, default=5.0)
     bench_bridge.add_argument(
         "--dtx", action="store_true", help="silent tracks send as Opus DTX senders do"
+    )
+    bench_bridge.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["bot", "bot-threads", "bare"],
+        default=["bot", "bare"],
+        help="bot: as serve runs (recognition process); bot-threads: recognition in threads",
     )
     bench_bridge.add_argument("--out", help="write the results as JSON here")
     bench_jitsi = bench_sub.add_parser(

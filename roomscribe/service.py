@@ -16,6 +16,7 @@ from config import Settings
 from engines.base import Engine
 from pipeline.nats_server import EmbeddedNats, ensure_nats
 from pipeline.publisher import NatsPublisher
+from pipeline.recognizer_process import RecognizerProcess
 from pipeline.runtime import LiveRuntime
 
 log = logging.getLogger("roomscribe.service")
@@ -93,12 +94,14 @@ async def running_service(
         services.scoped_tokens = {path: settings.bridge.bearer_tokens for path in BRIDGE_PATHS}
         services.accept_post = [(whip.ENDPOINT_PATH, whip.SDP)]
         services.metrics.scrape(bridge.metrics)
+        if isinstance(runtime.recognition, RecognizerProcess):
+            services.metrics.scrape(runtime.recognition.metrics)
         services.bot_id = claims.bot_id
         services.publisher = publisher
         headroom = Headroom(
             HeadroomLimits.from_settings(settings.limits),
             loop_lag=services.loop_lag,
-            backlog_s=runtime.scheduler.backlog_s,
+            backlog_s=runtime.recognition.backlog_s,
             udp_drops=bridge.udp_drops,
         )
         admission = Admission.from_settings(settings.limits, services.metrics.registry, headroom)

@@ -222,7 +222,7 @@ class CallSession:
         stream = SpeakerStream(
             Participant(self.room, participant, name, language),
             engine or self.runtime.engine,
-            self.runtime.scheduler,
+            self.runtime.recognition,
             self.runtime.sink if frames is None else FanOutSink(self.runtime.sink, frames),
             offset=start,
             recorder=self._recorder.track(participant, name, language, start),
