@@ -47,7 +47,6 @@ from bench.bridge import (
     stop_receiver,
 )
 from config import load_settings
-from engines.factory import load_engine
 from pipeline.runtime import LiveRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +71,7 @@ class JitsiWindow(BotWindow):
 async def _receiver(data_dir: Path) -> Any:
     window = JitsiWindow()
     settings = load_settings(data_dir=data_dir, limits={"max_streams": 0})
-    engine = load_engine(settings.live.model, load_settings())
-    runtime = await LiveRuntime.create(settings, window, engine=engine)
+    runtime = await LiveRuntime.create(settings, window)
     sessions: dict[str, JitsiSession] = {}
 
     def call() -> Any:
