@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,6 +180,7 @@ class BotWindow:
         self._skipped0 = sum(s.skipped_seconds for s in self._streams().values())
         self.finals: dict[str, int] = {}
         self.final_latency: list[float] = []
+        self.partial_latency: list[float] = []
         self.partials = 0
         self.errors: list[str] = []
 
@@ -192,13 +192,15 @@ class BotWindow:
             self.errors.append(frame.code)
         if not isinstance(frame, CaptionFrame):
             return
+        call = self.call()
         if frame.type == "partial":
             self.partials += 1
+            if call is not None:
+                self.partial_latency.append(call.elapsed - frame.end)
             return
         if not frame.text.strip():
             return
         self.finals[frame.participant] = self.finals.get(frame.participant, 0) + 1
-        call = self.call()
         if call is not None:
             end = frame.words[-1].end if frame.words else frame.end
             self.final_latency.append(call.elapsed - end)
@@ -218,10 +220,20 @@ class BotWindow:
             ),
             "finals": dict(sorted(self.finals.items())),
             "partials": self.partials,
-            "final_p50_s": round(statistics.median(latency), 3) if latency else None,
+            "final_p50_s": _quantile(latency, 0.5),
+            "final_p95_s": _quantile(latency, 0.95),
             "final_max_s": round(max(latency), 3) if latency else None,
+            "partial_p50_s": _quantile(self.partial_latency, 0.5),
+            "partial_p95_s": _quantile(self.partial_latency, 0.95),
             "errors": sorted(set(self.errors)),
         }
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
 
 
 def _growth(before: dict[str, float], now: dict[str, float]) -> float:

@@ -32,7 +32,11 @@ class LiveSettings(BaseModel):
         default="whisper-base",
         description="streams whose language the live model does not know (or auto) use this",
     )
-    decode_threads: int = Field(default=0, ge=0, description="0 = CPU cores - 1 (at least 1)")
+    decode_threads: int = Field(
+        default=0,
+        ge=0,
+        description="0 = CPU cores - 1 (at least 1); all cores in the recognition process",
+    )
     recognizer_process: bool = Field(
         default=True,
         description="decode live streams in a child process, so the loop that receives RTP never waits behind recognition",

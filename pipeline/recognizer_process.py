@@ -184,6 +184,10 @@ async def _child_main() -> None:
     _, settings, nice = await _unpack(reader)
     with contextlib.suppress(OSError):
         os.nice(nice)
+    if not settings.live.decode_threads:
+        # at a lower priority every core can decode: the bot's loop still gets one first
+        live = settings.live.model_copy(update={"decode_threads": os.cpu_count() or 1})
+        settings = settings.model_copy(update={"live": live})
     await _Child(settings, out).run(reader)
 
 
