@@ -580,12 +580,14 @@ async def measure(
             pace.late_max = 0.0
             load0 = os.getloadavg()[0]
             wait0, drops0 = proc_wait_s(receiver.pid), udp_drops(receiver.pid)
+            main0 = _cpu_s(receiver.pid)
             cpu0, own0, wall0 = proc_cpu_s(receiver.pid), self_cpu_s(), time.monotonic()
             rss = proc_rss_mb(receiver.pid)
             while time.monotonic() - wall0 < seconds:
                 await asyncio.sleep(1.0)
                 rss = max(rss, proc_rss_mb(receiver.pid))
             cpu1, own1, wall1 = proc_cpu_s(receiver.pid), self_cpu_s(), time.monotonic()
+            main1 = _cpu_s(receiver.pid)
             wait1, drops1 = proc_wait_s(receiver.pid), udp_drops(receiver.pid)
             seen = (await client.get("/bench/stats")).json()
         finally:
@@ -598,6 +600,8 @@ async def measure(
         "dtx": dtx,
         "window_s": round(wall, 1),
         "cpu_cores": round((cpu1 - cpu0) / wall, 3),
+        # the process that receives RTP, without the recognition process
+        "media_cpu_cores": round((main1 - main0) / wall, 3),
         "runqueue_wait": round((wait1 - wait0) / wall, 3),
         "udp_drops": drops1 - drops0,
         "rss_mb": round(rss, 1),
