@@ -12,6 +12,20 @@ if TYPE_CHECKING:
     from engines.scheduler import DecodeScheduler
 
 
+EventQueue = asyncio.Queue[Hypothesis | BaseException | None]
+
+
+async def drain_events(events: EventQueue) -> AsyncIterator[Hypothesis]:
+    """A recognizer's events until its end (None); an exception in the queue is raised."""
+    while True:
+        item = await events.get()
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 class SpeechRecognizer(Protocol):
     """What a caller holds for one speaker: :class:`RecognizeStream` in this process, or its
     counterpart decoded in the recognition process."""
@@ -56,7 +70,7 @@ class RecognizeStream:
         self._stream = engine.create_stream(language)
         self._scheduler = scheduler
         # Unbounded so a final is never refused; interims stop being queued past ``max_events``.
-        self._events: asyncio.Queue[Hypothesis | BaseException | None] = asyncio.Queue()
+        self._events: EventQueue = asyncio.Queue()
         self._max_events = max_events
         self._ended = False
         self._closed = False
@@ -118,14 +132,8 @@ class RecognizeStream:
             self._scheduler.unregister(self._reg)
             self._put(None)
 
-    async def __aiter__(self) -> AsyncIterator[Hypothesis]:
-        while True:
-            item = await self._events.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def __aiter__(self) -> AsyncIterator[Hypothesis]:
+        return drain_events(self._events)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from config import Settings
 from engines.base import Engine, EngineError, EngineInfo, Hypothesis, as_float32
 from engines.factory import decode_threads, load_engine, present_model
-from engines.recognize import RecognizeStream
+from engines.recognize import EventQueue, RecognizeStream, drain_events
 from engines.scheduler import DecodeScheduler
 from pipeline.tasks import TaskSet
 from protocol.errors import ErrorCode
@@ -225,9 +225,7 @@ class RemoteRecognizeStream:
     failed: bool = False
     ended: bool = False
     closed: bool = False
-    events: "asyncio.Queue[Hypothesis | BaseException | None]" = field(
-        default_factory=asyncio.Queue
-    )
+    events: EventQueue = field(default_factory=asyncio.Queue)
     idle_waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
 
     @property
@@ -270,14 +268,8 @@ class RemoteRecognizeStream:
                 waiter.set_result(None)
         self.idle_waiters.clear()
 
-    async def __aiter__(self) -> AsyncIterator[Hypothesis]:
-        while True:
-            item = await self.events.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def __aiter__(self) -> AsyncIterator[Hypothesis]:
+        return drain_events(self.events)
 
     async def aclose(self) -> None:
         if not self.closed:
