@@ -42,13 +42,14 @@ class ListenServer:
 
 @asynccontextmanager
 async def listen_server(
-    nats_url: str, data_dir: Path, **sections: dict[str, Any]
+    nats_url: str, data_dir: Path, shared_engine: bool = True, **sections: dict[str, Any]
 ) -> AsyncIterator[ListenServer]:
     """The production composition (``running_service``) behind a real uvicorn server; the
-    in-process worker only runs when ``postcall={"run_worker": True}`` is given."""
+    in-process worker only runs when ``postcall={"run_worker": True}`` is given;
+    ``shared_engine`` as in :func:`tests.service_helpers.served`."""
     sections = {**sections, "postcall": {"run_worker": False, **sections.get("postcall", {})}}
     settings = make_settings(nats_url, data_dir, **sections)
-    async with served(settings) as running:
+    async with served(settings, shared_engine) as running:
         nc = await nats.connect(nats_url)
         try:
             service = running.service

@@ -37,8 +37,11 @@ class Served:
 
 
 @asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[Served]:
-    async with running_service(settings, live_engine()) as service:
+async def served(settings: Settings, shared_engine: bool = True) -> AsyncIterator[Served]:
+    """``shared_engine``: decode with the tests' already loaded live engine in this process
+    (fast); False: as ``serve`` does (``live.recognizer_process``)."""
+    engine = live_engine() if shared_engine else None
+    async with running_service(settings, engine) as service:
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(

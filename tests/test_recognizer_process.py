@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ from pipeline.speaker_stream import SpeakerStream
 from protocol import CaptionFrame, ErrorFrame
 from tests.api_helpers import wer
 from tests.conftest import librivox_files, librivox_reference
+from tests.listen_helpers import listen_server, run_session
 from tests.live_helpers import live_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +199,24 @@ async def test_an_unknown_live_model_is_refused_before_the_process_loads_it(
     )
     with pytest.raises(ModelNotFoundError, match="not downloaded yet"):
         await LiveRuntime.create(settings, CollectingSink())
+
+
+async def test_serve_decodes_a_listen_session_in_the_recognition_process(
+    nats_url: str, tmp_path: Path
+) -> None:
+    path = librivox_files()[2]
+    pcm = decode_file(path)
+    start = {"type": "start", "sample_rate": 16000}
+    async with listen_server(nats_url, tmp_path, shared_engine=False) as server:
+        process = server.runtime.recognition
+        assert isinstance(process, RecognizerProcess)
+        audio = [pcm[i : i + 3200].tobytes() for i in range(0, pcm.size, 3200)]
+        session = await run_session(server.ws_url, start, audio, end={"type": "end"})
+        finals = " ".join(m["text"] for m in session.of("final"))
+        assert wer(librivox_reference()[path.stem], finals) < 0.1
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"{server.http_url}/metrics")).text
+        assert "roomscribe_recognizer_up 1.0" in metrics
+        assert "roomscribe_recognizer_restarts_total 0.0" in metrics
+        pid = process.pid
+    assert pid is not None and not _alive(pid)
