@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ class Services:
     run_worker: bool = False
     bot_id: str | None = None  # this process among bots sharing one NATS (room claims)
     publisher: Any | None = None  # the live caption publisher (its outbox is in /metrics)
+    live_calls: Any | None = None  # pipeline.live_calls.LiveCalls once started
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     loop_lag: LoopLag = field(default_factory=LoopLag)
     _running: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -84,6 +86,19 @@ class Services:
             self.runtime.handover = handover
             await handover.recover(self.runtime.open_calls)
             self._tasks.spawn(self._retry_handovers(handover, self.runtime), "hand-over retries")
+            from pipeline.live_calls import LiveCalls
+
+            runtime = self.runtime
+            self.live_calls = LiveCalls(
+                self.nc,
+                self.store,
+                handover,
+                self.settings,
+                self.bot_id or uuid.uuid4().hex[:12],
+                lambda: runtime.open_calls,
+            )
+            await self.live_calls.start()
+            self._running.append(self.live_calls)
         if self.run_worker:
             from pipeline.worker import Worker
 

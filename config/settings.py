@@ -221,6 +221,16 @@ class PostCallSettings(BaseModel):
         default=60.0, gt=1, description="a job not heard from this long is redelivered"
     )
     job_max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+    checkpoint_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how often open calls' new audio is copied to the object store (another bot finishes a call whose bot died)",
+    )
+    checkpoint_stale_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="a call not checkpointed this long (and 3 intervals) belongs to a lost bot",
+    )
     handover_retry_s: float = Field(
         default=60.0, gt=0, description="how often an ended call not yet handed over is retried"
     )

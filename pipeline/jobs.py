@@ -220,6 +220,16 @@ class JobStore:
         with open(path, "rb") as data:  # noqa: ASYNC230 - the store reads it in a thread
             await self._files.put(f"calls/{call_id}/{name}", data)
 
+    async def put_call_bytes(self, call_id: str, name: str, data: bytes) -> None:
+        await self._files.put(f"calls/{call_id}/{name}", data)
+
+    async def get_call_bytes(self, call_id: str, name: str) -> bytes:
+        """One stored file of the call; raises JobNotFoundError."""
+        return await self.get_file(f"calls/{call_id}", name)
+
+    async def delete_call_file(self, call_id: str, name: str) -> None:
+        await self.delete_file(f"calls/{call_id}", name)
+
     async def download_call_file(self, call_id: str, name: str, path: Path) -> None:
         """Write one recorded file of the call to ``path``; raises JobNotFoundError."""
         try:

@@ -27,10 +27,10 @@ import numpy as np
 from protocol import CaptionFrame, encode_token
 
 SAMPLE_RATE = 16_000
-_HEADER = 44
+WAV_HEADER_BYTES = 44
 
 
-def _wav_header(data_bytes: int) -> bytes:
+def wav_header(data_bytes: int) -> bytes:
     return (
         b"RIFF"
         + struct.pack("<I", 36 + data_bytes)
@@ -50,7 +50,7 @@ class TrackRecorder:
     def __init__(self, path: Path, flush_s: float = 1.0, sync_s: float = 10.0) -> None:
         self.path = path
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - held for the call's lifetime
-        self._file.write(_wav_header(0))
+        self._file.write(wav_header(0))
         self._bytes = 0
         self._unflushed = 0
         self._unsynced = 0
@@ -73,7 +73,7 @@ class TrackRecorder:
         if self._file.closed:
             return
         self._file.seek(0)
-        self._file.write(_wav_header(self._bytes))
+        self._file.write(wav_header(self._bytes))
         self._file.seek(0, os.SEEK_END)
         self._file.flush()
         self._unsynced += self._unflushed
@@ -92,10 +92,10 @@ class TrackRecorder:
 def repair_wav(path: Path) -> float:
     """Patch the header of a WAV cut short by a crash to the samples on disk; seconds kept."""
     size = path.stat().st_size
-    data = max(size - _HEADER, 0) // 2 * 2
+    data = max(size - WAV_HEADER_BYTES, 0) // 2 * 2
     with open(path, "r+b") as file:
-        file.write(_wav_header(data))
-        file.truncate(_HEADER + data)
+        file.write(wav_header(data))
+        file.truncate(WAV_HEADER_BYTES + data)
     return data / 2 / SAMPLE_RATE
 
 

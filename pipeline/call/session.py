@@ -59,6 +59,7 @@ class EndReason(StrEnum):
     REPLACED = "replaced"
     SHUTDOWN = "shutdown"
     INTERRUPTED = "interrupted"
+    BOT_LOST = "bot_lost"  # its bot died; another ended it at its last checkpoint
 
 
 class IllegalCallTransition(RuntimeError):
