@@ -35,7 +35,7 @@ from engines.base import (
     Work,
 )
 from engines.silero import SileroGate
-from engines.vad import FRAME, SpeechGate, VadConfig
+from engines.vad import FRAME, SpeechGate, VadConfig, pcm16
 from engines.whisper_align import encode, timed_words
 
 MAX_WORDS_PER_S = 5.0
@@ -321,12 +321,19 @@ class WhisperStream(EngineStream):
         with self.lock:
             buffer = np.concatenate((self._tail, samples)) if self._tail.size else samples
             whole = buffer.size - buffer.size % FRAME
-            for begin in range(0, whole, FRAME):
-                self._frame(buffer[begin : begin + FRAME])
+            if whole:
+                # converted and checked for silence once per push, not once per frame
+                pcm = pcm16(buffer[:whole])
+                zero = np.logical_not(buffer[:whole].reshape(-1, FRAME).any(axis=1)).tolist()
+                step = 2 * FRAME
+                for index, begin in enumerate(range(0, whole, FRAME)):
+                    event = self._gate.pcm_frame(
+                        pcm[index * step : (index + 1) * step], zero[index]
+                    )
+                    self._frame(buffer[begin : begin + FRAME], event)
             self._tail = buffer[whole:].copy()
 
-    def _frame(self, frame: np.ndarray) -> None:
-        event = self._gate.frame(frame)
+    def _frame(self, frame: np.ndarray, event: str | None) -> None:
         if self._open is None:
             if event == "start":
                 self._open = _Utterance(self._count, self._position - len(self._history) * FRAME)

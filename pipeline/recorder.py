@@ -62,10 +62,10 @@ class TrackRecorder:
         return self._bytes / 2 / SAMPLE_RATE
 
     def write(self, samples: np.ndarray) -> None:
-        data = samples.astype("<i2", copy=False).tobytes()
-        self._file.write(data)
-        self._bytes += len(data)
-        self._unflushed += len(data)
+        data = np.ascontiguousarray(samples, "<i2")
+        self._file.write(data.data)  # the array's own buffer: no bytes copy per write
+        self._bytes += data.nbytes
+        self._unflushed += data.nbytes
         if self._unflushed >= self._flush_every:
             self.flush()
 

@@ -11,6 +11,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from pipeline.pcm import PcmConverter
+from pipeline.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -64,32 +65,52 @@ class TrackFeed:
     batch_s: float = 0.1
 
     def __post_init__(self) -> None:
-        self._converter = PcmConverter()
+        # audio goes over in ``batch_s`` pieces: the pipeline's cost is per call, and 20 ms
+        # frames from many tracks would make the calls, not the audio, the load
+        self._converter = PcmConverter(self.batch_s)
         self._target: AudioTarget | None = None
-        self._pending: list[np.ndarray] = []
-        self._pending_at = 0.0
-        self._pending_size = 0
         self._displaced = False
         self._lock = asyncio.Lock()
+        self._heard_at = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._stalls = TaskSet(f"track {self.track.id}")
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
+        if self.stall_s is not None:
+            self._watchdog = loop.call_later(self.stall_s, self._watch)
         try:
             while True:
-                timeout = self.stall_s if self._target is not None else None
                 try:
-                    # asyncio.timeout, not wait_for: no extra task per 20 ms frame
-                    async with asyncio.timeout(timeout):
-                        frame = await self.track.recv()
-                except TimeoutError:
-                    await self.release("stalled")
-                    continue
+                    frame = await self.track.recv()
                 except MediaStreamError:
                     break
+                self._heard_at = loop.time()
                 if not isinstance(frame, av.AudioFrame):
                     continue
                 await self._deliver(frame)
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             await asyncio.shield(self.release("left"))
+
+    def _watch(self) -> None:
+        """A timer per ``stall_s``, not a timeout per 20 ms frame: a track with a target that
+        sent nothing for ``stall_s`` releases it (its peer vanished or stopped sending)."""
+        assert self.stall_s is not None
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._heard_at
+        if self._target is None or quiet >= self.stall_s:
+            if self._target is not None:
+                self._stalls.spawn(self._release_stalled(), f"stall {self.track.id}")
+            quiet = 0.0
+        self._watchdog = loop.call_later(self.stall_s - quiet, self._watch)
+
+    async def _release_stalled(self) -> None:
+        quiet = asyncio.get_running_loop().time() - self._heard_at
+        if self.stall_s is not None and quiet >= self.stall_s:  # no frame came meanwhile
+            await self.release("stalled")
 
     async def _deliver(self, frame: av.AudioFrame) -> None:
         async with self._lock:
@@ -104,16 +125,14 @@ class TrackFeed:
                 self._converter.restart()
                 if self._target is None:
                     return
-            converted = self._converter.convert(frame)
-            if converted is None:
+            chunks = self._converter.add(frame)
+            if chunks is None:
                 return
-            samples, at = converted
             if self.stats is not None:
                 self.stats.frames += 1
-                self.stats.audio_s += samples.size / RATE
                 self.stats.gap_s += self._converter.gap_s
             try:
-                self._collect(self._target, samples, at)
+                self._hand_over(self._target, chunks)
             except Exception as exc:
                 # the stream was closed under it (a newer track of the same participant, the
                 # call's end): stay quiet until released rather than displace the newer one
@@ -124,24 +143,11 @@ class TrackFeed:
         if self.on_audio is not None:
             self.on_audio()
 
-    def _collect(self, target: AudioTarget, samples: np.ndarray, at: float) -> None:
-        """Hand audio over in ``batch_s`` pieces: the pipeline's cost is per call, and 20 ms
-        frames from many tracks would make the calls, not the audio, the load."""
-        expected = self._pending_at + self._pending_size / RATE
-        if self._pending and abs(at - expected) > 0.005:  # a hole: hand over what came before it
-            self._push(target)
-        if not self._pending:
-            self._pending_at = at
-        self._pending.append(samples)
-        self._pending_size += samples.size
-        if self._pending_size >= self.batch_s * RATE:
-            self._push(target)
-
-    def _push(self, target: AudioTarget) -> None:
-        if self._pending:
-            samples = np.concatenate(self._pending)
-            self._pending, self._pending_size = [], 0
-            target.push(samples, self._pending_at)
+    def _hand_over(self, target: AudioTarget, chunks: list[tuple[np.ndarray, float]]) -> None:
+        for samples, at in chunks:
+            if self.stats is not None:
+                self.stats.audio_s += samples.size / RATE
+            target.push(samples, at)
 
     async def release(self, reason: str) -> None:
         """Flush and let go of the current target; the next frame asks :attr:`open_target` again."""
@@ -150,8 +156,8 @@ class TrackFeed:
             self._displaced = False
             if target is not None:
                 try:
-                    self._push(target)
+                    self._hand_over(target, self._converter.flush())
                 except Exception as exc:
                     log.warning("track %s: last audio lost: %s", self.track.id, exc)
                 await target.close(reason)
-            self._pending, self._pending_size = [], 0
+            self._converter.restart()
