@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from config import Settings
 from pipeline.call.session import EndReason
 from pipeline.handover import CallHandover
-from pipeline.jobs import JobNotFoundError, JobStore, bucket_base
+from pipeline.jobs import JobNotFoundError, JobStore, bucket_base, open_kv
 from pipeline.js_read import kv_keys
 from pipeline.recorder import WAV_HEADER_BYTES, CallRecord, wav_header
 from pipeline.tasks import TaskSet
@@ -70,11 +70,7 @@ class LiveCalls:
         self._tasks = TaskSet("live calls")
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            self._kv = await js.create_key_value(bucket=self.bucket, history=1)
+        self._kv = await open_kv(self.nc.jetstream(), self.bucket)
         self._tasks.spawn(self._keep(), "checkpoints")
 
     async def stop(self) -> None:

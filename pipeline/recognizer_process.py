@@ -27,7 +27,7 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config import Settings
-from engines.base import Engine, EngineError, EngineInfo, Hypothesis, as_float32
+from engines.base import SAMPLE_RATE, Engine, EngineError, EngineInfo, Hypothesis, as_float32
 from engines.factory import decode_threads, load_engine, present_model
 from engines.recognize import EventQueue, RecognizeStream, drain_events
 from engines.scheduler import DecodeScheduler
@@ -230,7 +230,7 @@ class RemoteRecognizeStream:
 
     @property
     def backlog_seconds(self) -> float:
-        return self.child_backlog_s + (self.pushed - self.accepted) / 16_000
+        return self.child_backlog_s + (self.pushed - self.accepted) / SAMPLE_RATE
 
     def push_frame(self, pcm: bytes | np.ndarray) -> None:
         if self.ended:

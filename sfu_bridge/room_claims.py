@@ -23,7 +23,7 @@ from typing import Any
 import nats.js.errors
 from nats.aio.client import Client
 
-from pipeline.jobs import bucket_base
+from pipeline.jobs import bucket_base, open_kv
 from pipeline.js_read import kv_keys
 from protocol import ErrorCode, ErrorFrame, Subjects
 from protocol.subjects import decode_token, encode_token
@@ -77,11 +77,7 @@ class RoomClaims:
         return f"{self.subjects.prefix}.v1.bots.{bot}.invite"
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            self._kv = await js.create_key_value(bucket=self.bucket, history=1)
+        self._kv = await open_kv(self.nc.jetstream(), self.bucket)
         self._task = asyncio.create_task(self._keep(), name="room claims")
 
     async def aclose(self) -> None:
