@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -130,3 +131,52 @@ async def scheduler() -> AsyncIterator[object]:
     await sched.start()
     yield sched
     await sched.stop()
+
+
+@pytest.fixture(autouse=True)
+def task_stacks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Prints every pending asyncio task's stack shortly before pytest-timeout ends a test, so
+    a hung await names itself (pytest-timeout shows threads only)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else request.config.getoption("timeout")
+    if not limit or limit <= 30:
+        yield
+        return
+
+    def dump() -> None:
+        import asyncio.tasks
+
+        print(f"\n--- asyncio tasks pending after {limit - 15:.0f} s ---", flush=True)
+        for task in list(asyncio.tasks._all_tasks):
+            if task.done():
+                continue
+            print(f"task {task.get_name()}:")
+            awaited: object = task.get_coro()
+            while awaited is not None:
+                frame = next(
+                    (
+                        getattr(awaited, a)
+                        for a in ("cr_frame", "gi_frame", "ag_frame")
+                        if hasattr(awaited, a)
+                    ),
+                    None,
+                )
+                if frame is not None:
+                    print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+                awaited = next(
+                    (
+                        getattr(awaited, a)
+                        for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                        if hasattr(awaited, a)
+                    ),
+                    None,
+                )
+        sys.stdout.flush()
+
+    timer = threading.Timer(limit - 15, dump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
