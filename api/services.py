@@ -18,7 +18,7 @@ from config.settings import Settings
 from pipeline.jobs import JobStore
 from pipeline.loop_lag import LoopLag
 from pipeline.runtime import LiveRuntime
-from pipeline.tasks import TaskSet
+from pipeline.tasks import STOP_STAGE_S, TaskSet, stop_within
 from pipeline.webhooks import Notifier, WebhookDispatcher
 
 if TYPE_CHECKING:
@@ -162,5 +162,6 @@ class Services:
 
     async def stop(self) -> None:
         while self._running:
-            await self._running.pop().stop()
+            running = self._running.pop()
+            await stop_within(type(running).__name__, running.stop, STOP_STAGE_S)
         await self._tasks.aclose()

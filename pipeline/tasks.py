@@ -4,12 +4,15 @@ Cancellation is re-raised, never swallowed, when it is aimed at the waiting task
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 log = logging.getLogger("roomscribe.tasks")
 
 T = TypeVar("T")
+
+# how long one stage of a shutdown may take before the shutdown goes on without it
+STOP_STAGE_S = 60.0
 
 
 class TaskSet:
@@ -54,3 +57,20 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
             raise
     except Exception:  # noqa: S110 - logged by the TaskSet that spawned it
         pass
+
+
+async def stop_within(name: str, stop: Callable[[], Awaitable[None]], within_s: float) -> None:
+    """Run one stage of a shutdown for at most ``within_s``: a stage that hangs (even one that
+    ignores cancellation) is logged by ``name`` and left behind, so the next stages still run
+    and the process still exits."""
+    task = asyncio.ensure_future(stop())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=within_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        log.error("%s did not stop within %.0f s; the shutdown goes on without it", name, within_s)
+        task.cancel()
+        return
+    task.result()

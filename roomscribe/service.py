@@ -18,6 +18,7 @@ from pipeline.nats_server import EmbeddedNats, ensure_nats
 from pipeline.publisher import NatsPublisher
 from pipeline.recognizer_process import RecognizerProcess
 from pipeline.runtime import LiveRuntime
+from pipeline.tasks import STOP_STAGE_S, stop_within
 
 log = logging.getLogger("roomscribe.service")
 
@@ -67,27 +68,35 @@ async def running_service(
         include = OverlayCredentials.FILE if credentials else None
         url, embedded = await ensure_nats(settings, include=include)
         if embedded is not None:
-            stack.push_async_callback(embedded.stop)
+            stack.push_async_callback(
+                stop_within, "the embedded nats-server", embedded.stop, STOP_STAGE_S
+            )
             if credentials is not None:
                 credentials.attach(embedded)
-                stack.push_async_callback(credentials.aclose)
+                stack.push_async_callback(
+                    stop_within, "overlay credentials", credentials.aclose, STOP_STAGE_S
+                )
         nats_settings = settings.nats.model_copy(update={"url": url})
         settings = settings.model_copy(update={"nats": nats_settings})
         publisher = NatsPublisher.from_settings(url, settings.nats)
         await publisher.start()
-        stack.push_async_callback(publisher.close)
+        stack.push_async_callback(
+            stop_within, "the caption publisher", publisher.close, STOP_STAGE_S
+        )
         runtime = await LiveRuntime.create(settings, publisher, engine)
-        stack.push_async_callback(runtime.aclose)
+        stack.push_async_callback(stop_within, "live calls", runtime.aclose, STOP_STAGE_S)
         nc = await nats.connect(url, max_reconnect_attempts=-1, name="roomscribe-service")
-        stack.push_async_callback(nc.close)
+        stack.push_async_callback(
+            stop_within, "the service's NATS connection", nc.close, STOP_STAGE_S
+        )
         bridge = Bridge(runtime)
-        stack.push_async_callback(bridge.aclose)
+        stack.push_async_callback(stop_within, "the WebRTC bridge", bridge.aclose, STOP_STAGE_S)
         claims = RoomClaims(
             nc, runtime.subjects, lambda: invites.held_rooms(), settings.bridge.room_claim_ttl_s
         )
         invites = BridgeNatsService(bridge, nc, claims)
         await invites.start()
-        stack.push_async_callback(invites.aclose)
+        stack.push_async_callback(stop_within, "bridge invites", invites.aclose, STOP_STAGE_S)
         services = await Services.open(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )
