@@ -53,21 +53,32 @@ def plain_text(name: str, audio: np.ndarray) -> str:
 
 
 def test_every_turn_of_the_mix_is_transcribed_and_never_worse_than_plain() -> None:
-    meeting = dev_meeting(3)
-    result = batch("whisper-base").transcribe(meeting.mix)
-    words = [w for s in result.segments for w in s.words]
-    for turn in meeting.utterances:
-        heard = {
-            normalize(w.word)
-            for w in words
-            if w.end > turn.start - 0.5 and w.start < turn.end + 0.5
-        }
-        said = set(normalize(turn.text).split())
-        assert len(said & heard) >= 0.6 * len(said), f"turn at {turn.start} s lost: {turn.text}"
-    assert result.uncovered == ()
-    ours = wer(meeting.reference_text(), " ".join(s.text for s in result.segments))
-    theirs = wer(meeting.reference_text(), plain_text("whisper-base", meeting.mix))
-    assert ours <= theirs + SLACK, (ours, theirs)
+    """Pooled over the 3- and 4-voice mixes (314 words: the slack is one word, a lost
+    sentence is ten); every turn of each mix must be heard."""
+    references, ours, theirs = [], [], []
+    for speakers in (3, 4):
+        meeting = dev_meeting(speakers)
+        result = batch("whisper-base").transcribe(meeting.mix)
+        words = [w for s in result.segments for w in s.words]
+        for turn in meeting.utterances:
+            heard = {
+                part
+                for w in words
+                if w.end > turn.start - 0.5 and w.start < turn.end + 0.5
+                for part in normalize(w.word).split()
+            }
+            said = set(normalize(turn.text).split())
+            lost = f"{speakers} voices: turn at {turn.start} s lost: {turn.text}"
+            if len(said) >= 3:
+                assert len(said & heard) >= 0.6 * len(said), lost
+            else:  # a one- or two-word turn may be misheard, never skipped
+                assert heard, lost
+        assert result.uncovered == ()
+        references.append(meeting.reference_text())
+        ours.append(" ".join(s.text for s in result.segments))
+        theirs.append(plain_text("whisper-base", meeting.mix))
+    pooled = wer(" ".join(references), " ".join(ours)), wer(" ".join(references), " ".join(theirs))
+    assert pooled[0] <= pooled[1] + SLACK, pooled
 
 
 def test_each_track_is_as_good_as_the_plain_model() -> None:
