@@ -18,7 +18,7 @@ from config.settings import Settings
 from pipeline.jobs import JobStore
 from pipeline.loop_lag import LoopLag
 from pipeline.runtime import LiveRuntime
-from pipeline.tasks import STOP_STAGE_S, TaskSet, stop_within
+from pipeline.tasks import TaskSet, stop_within
 from pipeline.webhooks import Notifier, WebhookDispatcher
 
 if TYPE_CHECKING:
@@ -163,5 +163,5 @@ class Services:
     async def stop(self) -> None:
         while self._running:
             running = self._running.pop()
-            await stop_within(type(running).__name__, running.stop, STOP_STAGE_S)
+            await stop_within(type(running).__name__, running.stop)
         await self._tasks.aclose()

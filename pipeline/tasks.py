@@ -59,10 +59,14 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         pass
 
 
-async def stop_within(name: str, stop: Callable[[], Awaitable[None]], within_s: float) -> None:
-    """Run one stage of a shutdown for at most ``within_s``: a stage that hangs (even one that
-    ignores cancellation) is logged by ``name`` and left behind, so the next stages still run
-    and the process still exits."""
+async def stop_within(
+    name: str, stop: Callable[[], Awaitable[None]], within_s: float | None = None
+) -> None:
+    """Run one stage of a shutdown for at most ``within_s`` (default :data:`STOP_STAGE_S`): a
+    stage that hangs (even one that ignores cancellation) is logged by ``name`` and left
+    behind, so the next stages still run and the process still exits."""
+    if within_s is None:
+        within_s = STOP_STAGE_S
     task = asyncio.ensure_future(stop())
     try:
         done, _ = await asyncio.wait({task}, timeout=within_s)

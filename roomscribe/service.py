@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -18,7 +18,7 @@ from pipeline.nats_server import EmbeddedNats, ensure_nats
 from pipeline.publisher import NatsPublisher
 from pipeline.recognizer_process import RecognizerProcess
 from pipeline.runtime import LiveRuntime
-from pipeline.tasks import STOP_STAGE_S, stop_within
+from pipeline.tasks import stop_within
 
 log = logging.getLogger("roomscribe.service")
 
@@ -55,6 +55,10 @@ async def running_service(
     from sfu_bridge.router import BRIDGE_PATHS, bridge_router
 
     async with AsyncExitStack() as stack:
+
+        def on_exit(name: str, stop: Callable[[], Awaitable[None]]) -> None:
+            stack.push_async_callback(stop_within, name, stop)
+
         credentials = None
         if settings.overlay.auth and not settings.nats.url:
             subjects = Subjects(settings.nats.subject_prefix)
@@ -68,35 +72,27 @@ async def running_service(
         include = OverlayCredentials.FILE if credentials else None
         url, embedded = await ensure_nats(settings, include=include)
         if embedded is not None:
-            stack.push_async_callback(
-                stop_within, "the embedded nats-server", embedded.stop, STOP_STAGE_S
-            )
+            on_exit("the embedded nats-server", embedded.stop)
             if credentials is not None:
                 credentials.attach(embedded)
-                stack.push_async_callback(
-                    stop_within, "overlay credentials", credentials.aclose, STOP_STAGE_S
-                )
+                on_exit("overlay credentials", credentials.aclose)
         nats_settings = settings.nats.model_copy(update={"url": url})
         settings = settings.model_copy(update={"nats": nats_settings})
         publisher = NatsPublisher.from_settings(url, settings.nats)
         await publisher.start()
-        stack.push_async_callback(
-            stop_within, "the caption publisher", publisher.close, STOP_STAGE_S
-        )
+        on_exit("the caption publisher", publisher.close)
         runtime = await LiveRuntime.create(settings, publisher, engine)
-        stack.push_async_callback(stop_within, "live calls", runtime.aclose, STOP_STAGE_S)
+        on_exit("live calls", runtime.aclose)
         nc = await nats.connect(url, max_reconnect_attempts=-1, name="roomscribe-service")
-        stack.push_async_callback(
-            stop_within, "the service's NATS connection", nc.close, STOP_STAGE_S
-        )
+        on_exit("the service's NATS connection", nc.close)
         bridge = Bridge(runtime)
-        stack.push_async_callback(stop_within, "the WebRTC bridge", bridge.aclose, STOP_STAGE_S)
+        on_exit("the WebRTC bridge", bridge.aclose)
         claims = RoomClaims(
             nc, runtime.subjects, lambda: invites.held_rooms(), settings.bridge.room_claim_ttl_s
         )
         invites = BridgeNatsService(bridge, nc, claims)
         await invites.start()
-        stack.push_async_callback(stop_within, "bridge invites", invites.aclose, STOP_STAGE_S)
+        on_exit("bridge invites", invites.aclose)
         services = await Services.open(
             settings, nc, runtime=runtime, routers=[bridge_router(bridge)]
         )

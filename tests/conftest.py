@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,24 +154,10 @@ def task_stacks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]
             print(f"task {task.get_name()}:")
             awaited: object = task.get_coro()
             while awaited is not None:
-                frame = next(
-                    (
-                        getattr(awaited, a)
-                        for a in ("cr_frame", "gi_frame", "ag_frame")
-                        if hasattr(awaited, a)
-                    ),
-                    None,
-                )
+                frame = _first_attr(awaited, ("cr_frame", "gi_frame", "ag_frame"))
                 if frame is not None:
                     print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
-                awaited = next(
-                    (
-                        getattr(awaited, a)
-                        for a in ("cr_await", "gi_yieldfrom", "ag_await")
-                        if hasattr(awaited, a)
-                    ),
-                    None,
-                )
+                awaited = _first_attr(awaited, ("cr_await", "gi_yieldfrom", "ag_await"))
         sys.stdout.flush()
 
     timer = threading.Timer(limit - 15, dump)
@@ -180,3 +167,8 @@ def task_stacks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]
         yield
     finally:
         timer.cancel()
+
+
+def _first_attr(obj: object, names: tuple[str, ...]) -> Any:
+    """A coroutine's, generator's or async generator's frame or awaited object."""
+    return next((getattr(obj, name) for name in names if hasattr(obj, name)), None)

@@ -51,7 +51,6 @@ async def test_the_service_stops_past_a_hung_component(
     from pipeline.webhooks import WebhookDispatcher
 
     monkeypatch.setattr(tasks, "STOP_STAGE_S", 0.5)
-    monkeypatch.setattr("api.services.STOP_STAGE_S", 0.5)
     settings = make_settings(nats_url, tmp_path, postcall={"run_worker": True})
     released = asyncio.Event()
     monkeypatch.setattr(WebhookDispatcher, "stop", lambda self: _deaf(released))
