@@ -268,7 +268,9 @@ def _keep(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("system", "hypothesis")}
 
 
-def run_set(name: str, meeting: Meeting, settings: Settings, models: WhisperModels) -> list[dict]:
+def run_set(
+    name: str, meeting: Meeting, settings: Settings, models: WhisperModels, live_only: bool = False
+) -> list[dict]:
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any]) -> None:
@@ -276,7 +278,7 @@ def run_set(name: str, meeting: Meeting, settings: Settings, models: WhisperMode
         print(json.dumps({k: v for k, v in row.items() if k != "hypothesis"}), flush=True)
         rows.append(row)
 
-    for model_name in (LIVE_MODEL, POSTCALL_MODEL):
+    for model_name in (LIVE_MODEL,) if live_only else (LIVE_MODEL, POSTCALL_MODEL):
         model = WhisperModel(
             str(resolve(model_name, settings.data_dir).path), device="cpu", compute_type="int8"
         )
@@ -322,13 +324,17 @@ def run_set(name: str, meeting: Meeting, settings: Settings, models: WhisperMode
         for a, b in zip(realtime[p], fast_finals[p], strict=False)
     ) + sum(abs(len(realtime[p]) - len(fast_finals[p])) for p in meeting.tracks)
     emit({"system": "live realtime vs max", "differing_finals": differing})
-    for row in asyncio.run(postcall_and_batch(meeting, settings, models, len(meeting.tracks))):
-        emit(row)
+    if not live_only:
+        for row in asyncio.run(postcall_and_batch(meeting, settings, models, len(meeting.tracks))):
+            emit(row)
     return rows
 
 
-def main(sets: list[str], out: str | None, final_model: str | None = None) -> None:
-    """``final_model``: live finals from this model (two-pass live) in the live rows."""
+def main(
+    sets: list[str], out: str | None, final_model: str | None = None, live_only: bool = False
+) -> None:
+    """``final_model``: live finals from this model (two-pass live) in the live rows;
+    ``live_only``: plain tiny.en and the live rows, no post-call or batch."""
     settings = load_settings()
     if final_model:
         live_settings = settings.live.model_copy(update={"final_model": final_model})
@@ -343,7 +349,7 @@ def main(sets: list[str], out: str | None, final_model: str | None = None) -> No
     print(json.dumps({"system": "machine", **_machine()}), flush=True)
     results = []
     for name in sets:
-        results += run_set(name, builders[name](), settings, models)
+        results += run_set(name, builders[name](), settings, models, live_only)
     print(json.dumps({"system": "end", **_machine()}), flush=True)
     print(summary(results))
     if out:

@@ -45,6 +45,10 @@ class LiveSettings(BaseModel):
         default=10, ge=0, le=19, description="CPU priority of that process below the bot's"
     )
     partial_interval_s: float = Field(default=0.6, gt=0)
+    partial_context_audio: bool = Field(
+        default=False,
+        description="partials hear the speaker's previous finals as audio (as finals do), not as a text prompt: about 3x their decode cost",
+    )
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)
     max_load: float = Field(

@@ -1,12 +1,13 @@
 """Whisper (faster-whisper / CTranslate2) made streaming: VAD cuts utterances, the open
 utterance is re-decoded at a cadence for partials, the closed one decoded once for its final.
 
-Partials are cheap: greedy, on the clip encoded at its own length (:mod:`engines.whisper_align`).
-Finals are decoded the way the offline model is called: the whole 30 s window, beam search,
-after the speaker's previous final as prompt, with guards against decode loops (repeated
+Partials are cheap: beam 3, on the clip encoded at its own length (:mod:`engines.whisper_align`),
+the speaker's previous finals as a text prompt. Finals are decoded the way the offline model
+is called: the whole 30 s window, beam search, hearing the speaker's previous finals (their
+audio before the clip, their text forced), with guards against decode loops (repeated
 phrases, compression ratio, more words than the audio can hold, no-speech probability): a
 guarded final is decoded again with repeated n-grams banned, then cut at the repetition.
-Partials keep a stable prefix: words two consecutive decodes agree on (not the last words of
+Partials keep a stable prefix: words three consecutive decodes agree on (not the last word of
 a decode, which may hear a word cut off) are committed and never change, punctuation and case
 included. Every later decode of the utterance, partial or final, is forced to begin with the
 committed words and goes on from them.
@@ -65,6 +66,9 @@ class WhisperOptions:
     vad: VadConfig = field(default_factory=VadConfig)
     final_beam_size: int = 5
     partial_beam_size: int = 3
+    # partials hear the speaker's previous finals as audio, like finals (about 3x their
+    # cost), instead of as a text prompt
+    partial_context_audio: bool = False
     partials: bool = True
     neural_gate: bool = True
 
@@ -220,7 +224,9 @@ class WhisperChunkedEngine(Engine):
         seconds = samples.size / SAMPLE_RATE
         model = self.final_model if final else self.model
         before = context.samples if context is not None else np.zeros(0, np.float32)
-        if before.size + samples.size > 29 * SAMPLE_RATE:
+        if before.size + samples.size > 29 * SAMPLE_RATE or not (
+            final or self.options.partial_context_audio
+        ):
             before = before[:0]
         heard = np.concatenate((before, samples)) if before.size else samples
         if final:
@@ -236,6 +242,11 @@ class WhisperChunkedEngine(Engine):
         said = tokenizer.encode(" " + context.text) if before.size and context else []
         forced = tokenizer.encode(" " + prefix.strip()) if prefix.strip() else []
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *said, *forced]
+        if not final and not before.size and context is not None and context.text:
+            # Forced tokens after <|notimestamps|> are decoded one step at a time; a previous
+            # text prompt goes through the decoder at once: a third of the cost of hearing it.
+            previous = tokenizer.encode(" " + context.text)[-CONTEXT_TOKENS:]
+            prompt = [tokenizer.sot_prev, *previous, *prompt]
         tokens, text, speech = self._generate(model, encoded, tokenizer, prompt, final, seconds)
         if final and speech and looks_looped(text, seconds):
             tokens, text, speech = self._generate(

@@ -180,7 +180,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     elif args.bench_command == "accuracy":
         from bench.accuracy import main as bench_accuracy
 
-        bench_accuracy(args.sets, args.out, args.final_model)
+        bench_accuracy(args.sets, args.out, args.final_model, args.live_only)
     else:
         from bench.batch import main as bench_batch
 
@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_accuracy.add_argument("--out", help="write the results as JSON here")
     bench_accuracy.add_argument(
         "--final-model", help="live finals from this model (two-pass live), e.g. whisper-base"
+    )
+    bench_accuracy.add_argument(
+        "--live-only",
+        action="store_true",
+        help="plain tiny.en and the live rows only (no post-call or batch)",
     )
     bench.set_defaults(func=_cmd_bench)
     return parser

@@ -19,7 +19,8 @@ from bench.scoring import normalize, wer
 from config import load_settings
 from engines.models import resolve
 from engines.whisper_batch import WhisperBatch
-from engines.whisper_chunked import cut_repetition, looks_looped
+from engines import whisper_chunked
+from engines.whisper_chunked import Context, cut_repetition, looks_looped
 from pipeline.call import CallSession
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
@@ -208,6 +209,35 @@ def test_a_decode_goes_on_from_the_committed_prefix() -> None:
         assert "young man" in text.lower()
         if final:
             assert [w.word for w in words][:3] == ["He", "was", "not"]
+
+
+def test_a_partial_hears_the_previous_finals_as_a_prompt_and_a_final_as_audio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = live_engine()
+    clips = librivox()
+    earlier = clips[0].samples.astype(np.float32) / 32768
+    clip = clips[1].samples.astype(np.float32) / 32768  # "he was not an ill disposed young man"
+    context = Context.keep(None, earlier, clips[0].text)
+    heard: list[int] = []
+    encode = whisper_chunked.encode
+
+    def counting(model: WhisperModel, audio: np.ndarray) -> object:
+        heard.append(audio.size)
+        return encode(model, audio)
+
+    monkeypatch.setattr(whisper_chunked, "encode", counting)
+    text, _, _ = engine.decode(clip, 0.0, "en", final=False, context=context)  # type: ignore[attr-defined]
+    assert "young man" in text.lower() and "cold" not in text.lower(), text
+    assert heard == [clip.size]
+    heard.clear()
+    text, _, _ = engine.decode(clip, 0.0, "en", final=True, context=context)  # type: ignore[attr-defined]
+    assert "young man" in text.lower() and "cold" not in text.lower(), text
+    assert heard == [30 * 16000]  # the context's audio, then the clip, in one padded window
+    heard.clear()
+    monkeypatch.setattr(engine.options, "partial_context_audio", True)  # type: ignore[attr-defined]
+    engine.decode(clip, 0.0, "en", final=False, context=context)  # type: ignore[attr-defined]
+    assert heard == [earlier.size + clip.size]
 
 
 def test_two_pass_live_decodes_finals_with_the_final_model() -> None:
