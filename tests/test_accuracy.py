@@ -17,9 +17,9 @@ from bench.accuracy import feed, stable_violations
 from bench.devsets import dev_meeting, librivox, speaker_reference
 from bench.scoring import normalize, wer
 from config import load_settings
+from engines import whisper_chunked
 from engines.models import resolve
 from engines.whisper_batch import WhisperBatch
-from engines import whisper_chunked
 from engines.whisper_chunked import Context, cut_repetition, looks_looped
 from pipeline.call import CallSession
 from pipeline.runtime import LiveRuntime
