@@ -49,18 +49,24 @@ def plain_text(reference: str) -> str:
 
 
 def assert_captions(spoken: dict[str, str], heard: dict[str, str]) -> None:
-    """Corpus WER over every participant within 8 points of the plain model on the same
-    clips (Opus coding and live cutting cost a word or two; a lost sentence costs more), and
-    each participant's own text is theirs.
+    """At most three word errors over every participant more than the plain model on the same
+    clips (Opus coding and live cutting cost a word or two: a word cut mid-way by a partial
+    can be heard as two, "able to supposed" for "ill-disposed"; a lost sentence is 7-20
+    words), and each participant's own text is theirs.
 
     ``spoken``: participant -> reference text, ``heard``: participant -> joined final text.
     """
     refs = [normalize(spoken[who]) for who in spoken]
     hyps = [normalize(heard.get(who, "")) for who in spoken]
     assert all(hyps), heard
-    pooled = float(jiwer.wer(refs, hyps))
-    plain = float(jiwer.wer(refs, [normalize(plain_text(spoken[who])) for who in spoken]))
-    assert pooled <= plain + 0.08, (pooled, plain, heard)
+
+    def errors(texts: list[str]) -> int:
+        out = jiwer.process_words(refs, texts)
+        return out.substitutions + out.deletions + out.insertions
+
+    ours = errors(hyps)
+    plain = errors([normalize(plain_text(spoken[who])) for who in spoken])
+    assert ours <= plain + 3, (ours, plain, heard)
     for who in spoken:
         assert wer(spoken[who], heard[who]) <= 0.3, (who, heard[who])
 
