@@ -1,6 +1,7 @@
 """The `serve` process: NATS (embedded or given), live runtime, WebRTC bridge, HTTP API, worker."""
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -118,7 +119,23 @@ async def running_service(
             *compat_routers(runtime, admission, settings, services.metrics),
         ]
         services.public_paths += PUBLIC_PATHS
-        yield Running(settings, create_app(services), runtime, services, embedded)
+        app = create_app(services)
+        stack.enter_context(frozen_heap())
+        yield Running(settings, app, runtime, services, embedded)
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Moves what is alive once the service is up (modules, models, routes: hundreds of
+    thousands of objects) out of the collector's reach: a full collection walks every
+    tracked object on the event-loop thread, 0.07 s for a fresh service and more than
+    0.4 s for a heap of 800,000 objects, and the loop waits for it."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _Server(uvicorn.Server):
