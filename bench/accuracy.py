@@ -24,6 +24,7 @@ import json
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,12 @@ def _keep(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_set(
-    name: str, meeting: Meeting, settings: Settings, models: WhisperModels, live_only: bool = False
+    name: str,
+    meeting: Meeting,
+    settings: Settings,
+    models: WhisperModels,
+    live_only: bool = False,
+    offline_only: bool = False,
 ) -> list[dict]:
     rows: list[dict[str, Any]] = []
 
@@ -304,6 +310,17 @@ def run_set(
                     "rtf": round(seconds / meeting.duration, 3),
                 }
             )
+    if not offline_only:
+        _live_rows(meeting, settings, emit)
+    if not live_only:
+        for row in asyncio.run(postcall_and_batch(meeting, settings, models, len(meeting.tracks))):
+            emit(row)
+    return rows
+
+
+def _live_rows(
+    meeting: Meeting, settings: Settings, emit: Callable[[dict[str, Any]], None]
+) -> None:
     realtime, fast_finals = None, None
     for is_realtime in (True, False):
         with tempfile.TemporaryDirectory(prefix="roomscribe-accuracy-") as tmp:
@@ -324,17 +341,18 @@ def run_set(
         for a, b in zip(realtime[p], fast_finals[p], strict=False)
     ) + sum(abs(len(realtime[p]) - len(fast_finals[p])) for p in meeting.tracks)
     emit({"system": "live realtime vs max", "differing_finals": differing})
-    if not live_only:
-        for row in asyncio.run(postcall_and_batch(meeting, settings, models, len(meeting.tracks))):
-            emit(row)
-    return rows
 
 
 def main(
-    sets: list[str], out: str | None, final_model: str | None = None, live_only: bool = False
+    sets: list[str],
+    out: str | None,
+    final_model: str | None = None,
+    live_only: bool = False,
+    offline_only: bool = False,
 ) -> None:
     """``final_model``: live finals from this model (two-pass live) in the live rows;
-    ``live_only``: plain tiny.en and the live rows, no post-call or batch."""
+    ``live_only``: plain tiny.en and the live rows, no post-call or batch; ``offline_only``:
+    the plain, post-call and batch rows, no live."""
     settings = load_settings()
     if final_model:
         live_settings = settings.live.model_copy(update={"final_model": final_model})
@@ -349,7 +367,7 @@ def main(
     print(json.dumps({"system": "machine", **_machine()}), flush=True)
     results = []
     for name in sets:
-        results += run_set(name, builders[name](), settings, models, live_only)
+        results += run_set(name, builders[name](), settings, models, live_only, offline_only)
     print(json.dumps({"system": "end", **_machine()}), flush=True)
     print(summary(results))
     if out:

@@ -67,14 +67,18 @@ class _RecordingDiarizer:
 
 class _UploadFiles:
     """Stands in for the job store's file half: hands the batch job its uploaded audio and the
-    post-call job the recorded call's files."""
+    post-call job the recorded call's files, and keeps what the job stores (``turns.json``)."""
 
     def __init__(self, audio: bytes, calls_dir: Path | None = None) -> None:
         self.audio = audio
         self.calls_dir = calls_dir
+        self.stored: dict[str, bytes] = {}
 
     async def get_file(self, job_id: str, name: str) -> bytes:
-        return self.audio
+        return self.stored.get(name, self.audio)
+
+    async def put_file(self, job_id: str, name: str, data: bytes) -> None:
+        self.stored[name] = data
 
     async def download_call_file(self, call_id: str, name: str, path: Path) -> None:
         assert self.calls_dir is not None

@@ -3,7 +3,8 @@
 Sets: the pyannote sample call (2 speakers), conversations of 2-4 distinct voices from
 :mod:`bench.voices` (seeds 0-1 with three turns each tuned the clustering threshold; seeds
 2-3 with two turns each were held out), with and without a second of crosstalk every third
-turn, and the generated four-voice meeting of :mod:`bench.meeting` (close espeak voices).
+turn, the 3- and 4-voice dev meetings of :mod:`bench.devsets` (the accuracy sets) and the
+generated four-voice meeting of :mod:`bench.meeting` (close espeak voices).
 
     python -m bench.diarization [--meeting-minutes 3] [--out FILE.json]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import voices
+from bench.devsets import dev_meeting
 from bench.meeting import build_meeting
 from bench.scoring import diarization_error_rate
 from config import load_settings
@@ -47,6 +49,14 @@ def sets(meeting_minutes: float) -> Iterator[tuple[str, int, np.ndarray, Referen
                     )
                     name = f"{count} voices, seed {seed}, {'crosstalk' if overlap else 'no crosstalk'} ({tag})"
                     yield name, count, talk.mix, talk.reference()
+    for speakers in (3, 4):
+        dev = dev_meeting(speakers)
+        yield (
+            f"dev meeting, {speakers} voices (accuracy set)",
+            speakers,
+            dev.mix,
+            [(u.start, u.end, u.participant) for u in dev.utterances],
+        )
     if meeting_minutes > 0:
         meeting = build_meeting(meeting_minutes)
         yield (

@@ -67,6 +67,8 @@ _MAX_JOINT = 5000  # assignments tried for units that overlap; beyond, greedily
 _MAX_CLUSTERED = 3000
 MIN_SPEAKER_S = 1.0
 THRESHOLD = 0.26
+CLOSE_THRESHOLD = 0.18
+CLOSE_MIN_S = 4.0
 
 
 class ModelDirError(ModelNotFoundError):
@@ -150,8 +152,9 @@ class Diarizer:
         step_s: float = 1.0,
         provider: str = "cpu",
     ) -> None:
-        """``threshold`` is the cosine distance between speaker centroids below which two
-        clusters merge when the speaker count is unknown: lower finds more speakers.
+        """``threshold`` is the cosine distance between speaker centroids above which two
+        clusters are two speakers when the count is unknown (closer ones too when both talk
+        long enough: :func:`count_speakers`): lower finds more speakers.
         ``step_s``: hop between the 10 s segmentation windows."""
         self.model_dir = Path(model_dir)
         check_model_dir(self.model_dir)
@@ -425,7 +428,7 @@ def cluster(
     less than :data:`MIN_SPEAKER_S` of speech (an outlier: a cough, a short overlap, a bad
     window) never counts as a speaker; its members join the nearest real one. With
     ``speakers`` = N the cut is the coarsest one holding N real clusters (else the one whose
-    N-th cluster is heaviest); without it, merging stops at ``threshold``.
+    N-th cluster is heaviest); without it, N is counted by :func:`count_speakers`.
     """
     n = vectors.shape[0]
     if speakers == 1 or n == 1:
@@ -435,16 +438,39 @@ def cluster(
         vectors, weights, n = vectors[keep], weights[keep] * (n / _MAX_CLUSTERED), _MAX_CLUSTERED
     merges = _agglomerate(vectors)
     if speakers is None:
-        steps = next((i for i, (_, _, d) in enumerate(merges) if d > threshold), len(merges))
-        mass = np.bincount(_labels(n, merges[:steps]), weights, minlength=n)
-        real = [int(c) for c in np.flatnonzero(mass >= MIN_SPEAKER_S)] or [int(mass.argmax())]
-    else:
-        steps = _cut_for(merges, weights, speakers)
-        mass = np.bincount(_labels(n, merges[:steps]), weights, minlength=n)
-        real = [int(c) for c in np.argsort(-mass, kind="stable")[:speakers] if mass[c] > 0]
+        speakers = count_speakers(merges, weights, threshold)
+    steps = _cut_for(merges, weights, speakers)
+    mass = np.bincount(_labels(n, merges[:steps]), weights, minlength=n)
+    real = [int(c) for c in np.argsort(-mass, kind="stable")[:speakers] if mass[c] > 0]
     members = _labels(n, merges[:steps])
     centroids = _unit(np.stack([vectors[members == c].sum(axis=0) for c in real]))
     return _refine(vectors, centroids)
+
+
+def count_speakers(
+    merges: Sequence[tuple[int, int, float]],
+    weights: np.ndarray,
+    threshold: float,
+    close_threshold: float = CLOSE_THRESHOLD,
+    close_min_s: float = CLOSE_MIN_S,
+) -> int:
+    """How many voices a merge history holds: one, plus every merge of two real clusters
+    (:data:`MIN_SPEAKER_S` each) that joins two voices. Farther apart than ``threshold``
+    they are two voices; between ``close_threshold`` and ``threshold`` only when each side
+    holds ``close_min_s`` of speech, as a short cluster that close is one voice heard
+    differently (crosstalk, a laugh, a bad window) and close voices of two people each
+    talking a while are not."""
+    mass = weights.astype(np.float64)
+    voices = 1
+    for a, b, distance in merges:
+        smaller = min(mass[a], mass[b])
+        if smaller >= MIN_SPEAKER_S and (
+            distance > threshold or (distance > close_threshold and smaller >= close_min_s)
+        ):
+            voices += 1
+        mass[a] += mass[b]
+        mass[b] = 0.0
+    return voices
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

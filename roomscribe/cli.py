@@ -180,7 +180,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     elif args.bench_command == "accuracy":
         from bench.accuracy import main as bench_accuracy
 
-        bench_accuracy(args.sets, args.out, args.final_model, args.live_only)
+        bench_accuracy(args.sets, args.out, args.final_model, args.live_only, args.offline_only)
     else:
         from bench.batch import main as bench_batch
 
@@ -346,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--live-only",
         action="store_true",
         help="plain tiny.en and the live rows only (no post-call or batch)",
+    )
+    bench_accuracy.add_argument(
+        "--offline-only",
+        action="store_true",
+        help="the plain, post-call and batch rows only (no live)",
     )
     bench.set_defaults(func=_cmd_bench)
     return parser

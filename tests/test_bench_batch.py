@@ -2,11 +2,15 @@
 
 import numpy as np
 
-from bench.batch import speaker_accuracy, wav_bytes, write_call
+from bench.batch import _diarizer, bench_batch, speaker_accuracy, wav_bytes, write_call
 from bench.meeting import VOICES, build_meeting, dialogue, spell_numbers
 from bench.scoring import diarization_error_rate
+from config import load_settings
+from engines.diarization_export import prepare_diarization
+from engines.whisper_batch import WhisperModels
 from pipeline.audio_io import SAMPLE_RATE, decode_file
 from pipeline.recorder import CallRecord
+from tests.pyannote_sample import cache_root
 
 
 def test_dialogue_is_seeded_and_never_repeats_a_speaker() -> None:
@@ -61,3 +65,23 @@ def test_diarization_error_rate() -> None:
     ref = [(0.0, 2.0, "a"), (2.0, 4.0, "b")]
     assert diarization_error_rate(ref, [(0.0, 2.0, "x"), (2.0, 4.0, "y")]) == 0.0
     assert diarization_error_rate(ref, [(0.0, 4.0, "x")]) == 0.5
+
+
+async def test_the_diarized_batch_row_runs_the_job_as_the_service_does(tmp_path) -> None:
+    """The bench's stand-in store takes what a diarized batch job stores beside its result."""
+    meeting = build_meeting(0.25)
+    settings = load_settings(data_dir=tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "diarization").symlink_to(
+        prepare_diarization(cache_root() / "diarization-models")
+    )
+    row = await bench_batch(
+        meeting,
+        settings,
+        WhisperModels(tmp_path),
+        _diarizer(settings),
+        None,
+        model="whisper-tiny.en",
+    )
+    assert row["speakers_found"] == len(VOICES) and row["der"] is not None
+    assert row["wer"] < 0.2, row

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from bench import voices
+from bench.devsets import dev_meeting
 from engines.base import InvalidAudioError, ModelNotFoundError, RecognizedWord
 from engines.diarization import (
     EMBEDDING_FILE,
@@ -25,6 +26,7 @@ from engines.diarization import (
     assign,
     assign_words,
     cluster,
+    count_speakers,
     default_model_dir,
     split_segments,
 )
@@ -229,6 +231,34 @@ def test_a_forced_count_outlasts_outliers() -> None:
     assert labels[0] != labels[20]
     assert len(cluster(vectors, weights, None, THRESHOLD)) == 2
     assert len(cluster(vectors, weights, 3, THRESHOLD)) == 3
+
+
+@pytest.mark.parametrize(
+    ("distance", "seconds", "voices"),
+    [(0.30, (1.5, 20.0), 2), (0.22, (6.0, 6.0), 2), (0.22, (2.0, 20.0), 1), (0.15, (30.0, 30.0), 1),
+     (0.50, (0.5, 20.0), 1)],
+)  # fmt: skip
+def test_close_clusters_are_two_voices_only_when_both_talk_a_while(
+    distance: float, seconds: tuple[float, float], voices: int
+) -> None:
+    merges = [(0, 1, distance)]
+    assert count_speakers(merges, np.array(seconds), THRESHOLD) == voices
+
+
+@pytest.mark.slow
+def test_close_voices_in_the_four_voice_meeting_are_four_speakers(diarizer: Diarizer) -> None:
+    """The 88 s dev meeting: the LibriVox reader and three espeak-ng voices, two of them
+    closer to each other than the clustering threshold."""
+    missing = voices.available()
+    if missing:
+        pytest.skip(missing)
+    meeting = dev_meeting(4)
+    turns = diarizer.diarize(meeting.mix)
+    reference = [(u.start, u.end, u.participant) for u in meeting.utterances]
+    der = diarization_error_rate(reference, [(t.start, t.end, t.speaker) for t in turns])
+    print(f"dev meeting, 4 voices, count unset: DER {der:.1%}")
+    assert len({t.speaker for t in turns}) == 4
+    assert der <= 0.25
 
 
 def test_one_expected_speaker_within_one_window(
