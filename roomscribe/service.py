@@ -128,7 +128,7 @@ async def running_service(
 def frozen_heap() -> Iterator[None]:
     """Moves what is alive once the service is up (modules, models, routes: hundreds of
     thousands of objects) out of the collector's reach: a full collection walks every
-    tracked object on the event-loop thread, 0.07 s for a fresh service and more than
+    tracked object on the event-loop thread, 0.08 s for a fresh service and more than
     0.4 s for a heap of 800,000 objects, and the loop waits for it."""
     gc.collect()
     gc.freeze()
