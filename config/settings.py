@@ -49,6 +49,12 @@ class LiveSettings(BaseModel):
         default=False,
         description="partials hear the speaker's previous finals as audio (as finals do), not as a text prompt: about 3x their decode cost",
     )
+    final_window_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=30,
+        description="finals encode what they hear (with the previous finals' audio) plus 1 s, at least this many seconds; 30 = Whisper's whole window",
+    )
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)
     max_load: float = Field(

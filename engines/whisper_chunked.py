@@ -69,6 +69,9 @@ class WhisperOptions:
     # partials hear the speaker's previous finals as audio, like finals (about 3x their
     # cost), instead of as a text prompt
     partial_context_audio: bool = False
+    # finals encode at least this much (what they hear, padded with silence; 30 = Whisper's
+    # whole window, as the offline model does): the encoder is most of a final's cost
+    final_window_s: float = 30.0
     partials: bool = True
     neural_gate: bool = True
 
@@ -230,7 +233,9 @@ class WhisperChunkedEngine(Engine):
             before = before[:0]
         heard = np.concatenate((before, samples)) if before.size else samples
         if final:
-            padded = np.zeros(max(heard.size, 30 * SAMPLE_RATE), np.float32)
+            least = int(self.options.final_window_s * SAMPLE_RATE)
+            window = min(30 * SAMPLE_RATE, max(least, heard.size + SAMPLE_RATE))
+            padded = np.zeros(max(heard.size, window), np.float32)
             padded[: heard.size] = heard
             encoded, _ = encode(model, padded)
             content = min(3000, int(np.ceil(heard.size / 160)))

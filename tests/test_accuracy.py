@@ -235,6 +235,11 @@ def test_a_partial_hears_the_previous_finals_as_a_prompt_and_a_final_as_audio(
     assert "young man" in text.lower() and "cold" not in text.lower(), text
     assert heard == [30 * 16000]  # the context's audio, then the clip, in one padded window
     heard.clear()
+    monkeypatch.setattr(engine.options, "final_window_s", 5.0)  # type: ignore[attr-defined]
+    text, _, _ = engine.decode(clip, 0.0, "en", final=True, context=context)  # type: ignore[attr-defined]
+    assert "young man" in text.lower() and "cold" not in text.lower(), text
+    assert heard == [earlier.size + clip.size + 16000]  # what it hears and a second, not 30 s
+    heard.clear()
     monkeypatch.setattr(engine.options, "partial_context_audio", True)  # type: ignore[attr-defined]
     engine.decode(clip, 0.0, "en", final=False, context=context)  # type: ignore[attr-defined]
     assert heard == [earlier.size + clip.size]
