@@ -55,7 +55,7 @@ def sets(meeting_minutes: float) -> Iterator[tuple[str, int, np.ndarray, Referen
             f"dev meeting, {speakers} voices (accuracy set)",
             speakers,
             dev.mix,
-            [(u.start, u.end, u.participant) for u in dev.utterances],
+            dev.reference_turns(),
         )
     if meeting_minutes > 0:
         meeting = build_meeting(meeting_minutes)
@@ -63,7 +63,7 @@ def sets(meeting_minutes: float) -> Iterator[tuple[str, int, np.ndarray, Referen
             f"{meeting_minutes:g}-minute meeting, 4 close espeak voices",
             4,
             meeting.mix,
-            [(u.start, u.end, u.participant) for u in meeting.utterances],
+            meeting.reference_turns(),
         )
 
 

@@ -439,10 +439,9 @@ def cluster(
     merges = _agglomerate(vectors)
     if speakers is None:
         speakers = count_speakers(merges, weights, threshold)
-    steps = _cut_for(merges, weights, speakers)
-    mass = np.bincount(_labels(n, merges[:steps]), weights, minlength=n)
+    members = _labels(n, merges[: _cut_for(merges, weights, speakers)])
+    mass = np.bincount(members, weights, minlength=n)
     real = [int(c) for c in np.argsort(-mass, kind="stable")[:speakers] if mass[c] > 0]
-    members = _labels(n, merges[:steps])
     centroids = _unit(np.stack([vectors[members == c].sum(axis=0) for c in real]))
     return _refine(vectors, centroids)
 
