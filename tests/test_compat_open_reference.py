@@ -288,6 +288,12 @@ async def test_bad_input_gets_detail_and_the_service_goes_on(
             data={"diarize": "perhaps"},
         )
         assert "diarize" in _detail(bad_flag, 400)
+        empty_flag = await client.post(
+            "/api/transcribe/",
+            files={"file": ("a.wav", wav.read_bytes(), "audio/wav")},
+            data={"diarize": ""},
+        )
+        assert "diarize: expected true or false, got ''" in _detail(empty_flag, 400)
         bad_model = await client.post(
             "/api/transcribe/",
             files={"file": ("a.wav", wav.read_bytes(), "audio/wav")},
@@ -311,6 +317,12 @@ async def test_bad_input_gets_detail_and_the_service_goes_on(
             data={"segment_id": "s", "start_time": "5", "end_time": "2"},
         )
         assert "end_time" in _detail(backwards, 400)
+        empty_start = await client.post(
+            "/api/retranslate/segment",
+            files={"file": ("a.wav", wav.read_bytes(), "audio/wav")},
+            data={"segment_id": "s", "start_time": ""},
+        )
+        assert "start_time: expected seconds, got ''" in _detail(empty_start, 400)
         noise = await client.post(
             "/api/retranslate/segment",
             files={"file": ("a.wav", b"RIFF not really", "audio/wav")},

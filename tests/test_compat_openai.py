@@ -116,6 +116,14 @@ async def test_openai_client_transcribes_in_every_format(nats_url: str, tmp_path
                 "/v1/audio/transcriptions", files={"file": (path.name, audio)}
             )
             not_multipart = await http.post("/v1/audio/transcriptions", json={"model": "whisper-1"})
+            empty_fields = [
+                await http.post(
+                    "/v1/audio/transcriptions",
+                    files={"file": (path.name, audio), "model": (None, "whisper-1")},
+                    data={name: ""},
+                )
+                for name in ("response_format", "temperature")
+            ]
             stored = (await http.get(f"/v1/transcripts/{job}")).json()
             listed = (await http.get("/openapi.json")).json()["paths"]
 
@@ -171,7 +179,13 @@ async def test_openai_client_transcribes_in_every_format(nats_url: str, tmp_path
         assert isinstance(exc, openai.BadRequestError), exc
         body = _error(exc)
         assert body["param"] == param and body["type"] == "invalid_request_error", body
-    for response, param in ((no_file, "file"), (no_model, "model")):
+    empty_format, empty_temperature = empty_fields
+    for response, param in (
+        (no_file, "file"),
+        (no_model, "model"),
+        (empty_format, "response_format"),
+        (empty_temperature, "temperature"),
+    ):
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -317,9 +317,9 @@ _FALSE = ("false", "0", "no", "off")
 
 
 def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
-    value = fields.get(name, "").strip().lower()
-    if not value:
+    if name not in fields:
         return default
+    value = fields[name].strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -328,9 +328,9 @@ def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
 
 
 def _seconds(fields: dict[str, str], name: str) -> float | None:
-    value = fields.get(name, "").strip()
-    if not value:
+    if name not in fields:
         return None
+    value = fields[name].strip()
     try:
         number = float(value)
     except ValueError as exc:

@@ -149,7 +149,7 @@ def _fields(fields: dict[str, str], repeated: dict[str, list[str]]) -> dict[str,
     model = fields.get("model", "").strip()
     if not model:
         raise OpenAIError(400, "you must provide a model parameter", param="model")
-    response_format = fields.get("response_format", "json") or "json"
+    response_format = fields.get("response_format", "json")
     if response_format not in FORMATS:
         raise OpenAIError(
             400,
@@ -177,7 +177,7 @@ def _fields(fields: dict[str, str], repeated: dict[str, list[str]]) -> dict[str,
             param="timestamp_granularities",
         )
     temperature = fields.get("temperature")
-    if temperature:
+    if temperature is not None:
         try:
             if not 0.0 <= float(temperature) <= 1.0:
                 raise ValueError(temperature)
