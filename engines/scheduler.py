@@ -3,6 +3,8 @@
 Rules:
 * a stream is never decoded by two threads at once (at most one job in flight per stream);
 * finals go before partials, so a talker's finals are never starved by others' partials;
+* while a final runs or waits, partials leave one thread free: a final is the caption a viewer
+  keeps, and a partial sharing its core can double its decode time;
 * among partials the stream served longest ago goes first (round robin);
 * ready jobs of one engine are batched up to the engine's ``max_batch``;
 * when partials wait longer than their cadence, ``load`` rises and every stream's partial
@@ -51,6 +53,7 @@ class DecodeScheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._busy = 0
+        self._finals_running = 0
         self.jobs_run = 0
         self.partials_deferred = 0
 
@@ -128,7 +131,10 @@ class DecodeScheduler:
         free = self.threads - self._busy
         partial_waiting = sum(1 for work, _, _ in ready if work == Work.PARTIAL)
         while ready and free > 0:
-            work, _, first = ready.pop(0)
+            work, _, first = ready[0]
+            if work == Work.PARTIAL and self._finals_running and free < 2:
+                break
+            ready.pop(0)
             batch = [(first, work)]
             limit = first.engine.info.max_batch
             for item in list(ready):
@@ -153,17 +159,21 @@ class DecodeScheduler:
         for reg, _ in batch:
             reg.in_flight = True
         self._busy += 1
+        final = batch[0][1] == Work.FINAL
+        self._finals_running += final
         loop = asyncio.get_running_loop()
         jobs = [(reg.stream, work) for reg, work in batch]
         future = loop.run_in_executor(self._executor, engine.run_batch, jobs)
-        future.add_done_callback(lambda fut: self._finished(batch, fut))
+        future.add_done_callback(lambda fut: self._finished(batch, fut, final))
 
     def _finished(
         self,
         batch: list[tuple[Registration, Work]],
         future: "asyncio.Future[list[list[Hypothesis]]]",
+        final: bool,
     ) -> None:
         self._busy -= 1
+        self._finals_running -= final
         self.jobs_run += 1
         now = time.monotonic()
         error = None if future.cancelled() else future.exception()

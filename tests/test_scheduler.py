@@ -60,6 +60,9 @@ class RecordingEngine(Engine):
         self.log: list[tuple[str, Work]] = []
         self.batches: list[int] = []
         self.threads: set[str] = set()
+        self.running = {Work.FINAL: 0, Work.PARTIAL: 0}
+        self.partial_starts: list[tuple[int, int]] = []  # (finals, partials) running at each
+        self.lock = threading.Lock()
 
     def create_stream(self, language: str | None = None) -> RecordingStream:
         return RecordingStream(self.log, f"s{len(self.batches)}", 0, 0)
@@ -67,7 +70,16 @@ class RecordingEngine(Engine):
     def run_batch(self, jobs: Sequence[tuple[EngineStream, Work]]) -> list[list[Hypothesis]]:
         self.batches.append(len(jobs))
         self.threads.add(threading.current_thread().name)
-        return super().run_batch(jobs)
+        work = jobs[0][1]
+        with self.lock:
+            self.running[work] += 1
+            if work == Work.PARTIAL:
+                self.partial_starts.append((self.running[Work.FINAL], self.running[work]))
+        try:
+            return super().run_batch(jobs)
+        finally:
+            with self.lock:
+                self.running[work] -= 1
 
 
 async def settle(engine: RecordingEngine, streams: list[RecordingStream]) -> None:
@@ -104,6 +116,25 @@ async def test_many_threads_never_share_a_stream() -> None:
     assert len(engine.log) == 6 * 8
     assert all(s.overlaps == 0 for s in streams)
     assert len(engine.threads) > 1
+
+
+async def test_partials_leave_a_thread_free_while_a_final_runs() -> None:
+    for threads in (2, 3):
+        engine = RecordingEngine()
+        scheduler = DecodeScheduler(threads=threads)
+        others = [RecordingStream(engine.log, f"p{i}", 0, 6) for i in range(4)]
+        talkers = [RecordingStream(engine.log, f"t{i}", 4, 0) for i in range(2)]
+        for stream in [*others, *talkers]:
+            scheduler.register(engine, stream, lambda _: None, lambda _: None)
+        await scheduler.start()
+        await settle(engine, [*others, *talkers])
+        await scheduler.stop()
+        beside_a_final = [partials for finals, partials in engine.partial_starts if finals]
+        assert len(engine.partial_starts) == 4 * 6
+        assert all(partials <= threads - 2 for partials in beside_a_final), engine.partial_starts
+        if threads == 3:
+            assert beside_a_final  # the spare thread is still used
+        assert sum(1 for name, work in engine.log if work == Work.FINAL) == 2 * 4
 
 
 async def test_ready_streams_are_batched_and_partials_round_robin() -> None:
