@@ -44,6 +44,12 @@ class LiveSettings(BaseModel):
     recognizer_nice: int = Field(
         default=10, ge=0, le=19, description="CPU priority of that process below the bot's"
     )
+    partial_nice: int = Field(
+        default=9,
+        ge=0,
+        le=19,
+        description="partial decodes run on threads this much nicer than finals (Linux), so a final sharing a core with a partial gets most of it",
+    )
     partial_interval_s: float = Field(default=0.6, gt=0)
     partial_context_audio: bool = Field(
         default=False,

@@ -5,6 +5,8 @@ Rules:
 * finals go before partials, so a talker's finals are never starved by others' partials;
 * while a final runs or waits, partials leave one thread free: a final is the caption a viewer
   keeps, and a partial sharing its core can double its decode time;
+* partials decode on threads ``partial_nice`` nicer than finals' (Linux: nice is per thread),
+  so a final that shares a core with a partial already running still gets most of it;
 * among partials the stream served longest ago goes first (round robin);
 * ready jobs of one engine are batched up to the engine's ``max_batch``;
 * when partials wait longer than their cadence, ``load`` rises and every stream's partial
@@ -15,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,15 +45,22 @@ class Registration:
 
 
 class DecodeScheduler:
-    def __init__(self, threads: int = 0, max_load: float = 5.0, tick_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        threads: int = 0,
+        max_load: float = 5.0,
+        tick_s: float = 0.01,
+        partial_nice: int = 0,
+    ) -> None:
         """``max_load`` 1 keeps the partial cadence fixed (a feed that waits for recognition
         gets the same decodes at any speed)."""
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.tick_s = tick_s
         self.max_load = max_load
+        self.partial_nice = partial_nice
         self.load = 1.0
         self._registrations: list[Registration] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: dict[Work, ThreadPoolExecutor] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._busy = 0
@@ -60,7 +71,15 @@ class DecodeScheduler:
     async def start(self) -> None:
         if self._task is not None:
             return
-        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        self._executors = {
+            Work.FINAL: ThreadPoolExecutor(self.threads, thread_name_prefix="decode-final"),
+            Work.PARTIAL: ThreadPoolExecutor(
+                self.threads,
+                thread_name_prefix="decode-partial",
+                initializer=_lower_thread_priority,
+                initargs=(self.partial_nice,),
+            ),
+        }
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="decode-scheduler")
 
     async def stop(self) -> None:
@@ -69,9 +88,9 @@ class DecodeScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        for executor in self._executors.values():
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._executors = {}
 
     def open(self, engine: Engine, language: str | None = None) -> RecognizeStream:
         """A recognizer stream for one speaker on ``engine``, decoded by this scheduler."""
@@ -155,15 +174,15 @@ class DecodeScheduler:
             self.load = max(1.0, self.load * 0.95)
 
     def _submit(self, engine: Engine, batch: list[tuple[Registration, Work]]) -> None:
-        assert self._executor is not None
         for reg, _ in batch:
             reg.in_flight = True
         self._busy += 1
-        final = batch[0][1] == Work.FINAL
+        work = batch[0][1]
+        final = work == Work.FINAL
         self._finals_running += final
         loop = asyncio.get_running_loop()
         jobs = [(reg.stream, work) for reg, work in batch]
-        future = loop.run_in_executor(self._executor, engine.run_batch, jobs)
+        future = loop.run_in_executor(self._executors[work], engine.run_batch, jobs)
         future.add_done_callback(lambda fut: self._finished(batch, fut, final))
 
     def _finished(
@@ -190,3 +209,14 @@ class DecodeScheduler:
             else:
                 reg.on_results(future.result()[index])
         self.wake()
+
+
+def _lower_thread_priority(increment: int) -> None:
+    """Raise this thread's nice value by ``increment`` (never lowers it: that needs privilege).
+    Linux only: elsewhere the call would name the whole process, or another one."""
+    if increment <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, tid)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))

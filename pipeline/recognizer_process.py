@@ -73,7 +73,11 @@ class _Child:
     def __init__(self, settings: Settings, out: asyncio.StreamWriter) -> None:
         self.settings = settings
         self.out = out
-        self.scheduler = DecodeScheduler(decode_threads(settings), max_load=settings.live.max_load)
+        self.scheduler = DecodeScheduler(
+            decode_threads(settings),
+            max_load=settings.live.max_load,
+            partial_nice=settings.live.partial_nice,
+        )
         self.engines: dict[str, Engine] = {}
         self.streams: dict[int, RecognizeStream] = {}
         self.accepted: dict[int, int] = {}

@@ -69,7 +69,11 @@ class LiveRuntime:
             except BaseException:
                 await process.stop()
                 raise
-        scheduler = DecodeScheduler(decode_threads(settings), max_load=settings.live.max_load)
+        scheduler = DecodeScheduler(
+            decode_threads(settings),
+            max_load=settings.live.max_load,
+            partial_nice=settings.live.partial_nice,
+        )
         await scheduler.start()
         return cls(settings, engine or load_engine(settings.live.model, settings), scheduler, sink)
 

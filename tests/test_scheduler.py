@@ -1,11 +1,14 @@
 """The decode scheduler's rules, checked with an engine whose streams record how they are run."""
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from engines.base import Engine, EngineInfo, EngineStream, Hypothesis, Work
 from engines.recognize import RecognizeStream
@@ -63,6 +66,7 @@ class RecordingEngine(Engine):
         self.running = {Work.FINAL: 0, Work.PARTIAL: 0}
         self.partial_starts: list[tuple[int, int]] = []  # (finals, partials) running at each
         self.lock = threading.Lock()
+        self.nice: dict[Work, set[int]] = {Work.FINAL: set(), Work.PARTIAL: set()}
 
     def create_stream(self, language: str | None = None) -> RecordingStream:
         return RecordingStream(self.log, f"s{len(self.batches)}", 0, 0)
@@ -71,6 +75,7 @@ class RecordingEngine(Engine):
         self.batches.append(len(jobs))
         self.threads.add(threading.current_thread().name)
         work = jobs[0][1]
+        self.nice[work].add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         with self.lock:
             self.running[work] += 1
             if work == Work.PARTIAL:
@@ -135,6 +140,21 @@ async def test_partials_leave_a_thread_free_while_a_final_runs() -> None:
         if threads == 3:
             assert beside_a_final  # the spare thread is still used
         assert sum(1 for name, work in engine.log if work == Work.FINAL) == 2 * 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice is per thread on Linux only")
+async def test_partials_decode_on_nicer_threads_than_finals() -> None:
+    engine = RecordingEngine()
+    scheduler = DecodeScheduler(threads=2, partial_nice=7)
+    streams = [RecordingStream(engine.log, f"p{i}", 2, 3) for i in range(3)]
+    for stream in streams:
+        scheduler.register(engine, stream, lambda _: None, lambda _: None)
+    await scheduler.start()
+    await settle(engine, streams)
+    await scheduler.stop()
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert engine.nice == {Work.FINAL: {ours}, Work.PARTIAL: {min(19, ours + 7)}}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the process itself is untouched
 
 
 async def test_ready_streams_are_batched_and_partials_round_robin() -> None:
