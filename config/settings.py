@@ -61,12 +61,6 @@ class LiveSettings(BaseModel):
         le=30,
         description="finals encode what they hear (with the previous finals' audio) plus 1 s, at least this many seconds; 30 = Whisper's whole window",
     )
-    busy_final_window_s: float = Field(
-        default=5.0,
-        ge=0,
-        le=30,
-        description="final_window_s while decoding falls behind (the load factor above 1: partials wait past their cadence)",
-    )
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)
     max_load: float = Field(

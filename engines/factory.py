@@ -61,7 +61,6 @@ def load_engine(name: str, settings: Settings, *, multilingual: bool = False) ->
             vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
             partial_context_audio=live.partial_context_audio,
             final_window_s=live.final_window_s,
-            busy_final_window_s=live.busy_final_window_s,
         )
         # The multilingual engine is the stronger model already; an English final model
         # would turn its finals into English.

@@ -72,8 +72,6 @@ class WhisperOptions:
     # finals encode at least this much (what they hear, padded with silence; 30 = Whisper's
     # whole window, as the offline model does): the encoder is most of a final's cost
     final_window_s: float = 30.0
-    # ... and this much while decoding falls behind (the scheduler's load factor above 1)
-    busy_final_window_s: float = 5.0
     partials: bool = True
     neural_gate: bool = True
 
@@ -220,7 +218,6 @@ class WhisperChunkedEngine(Engine):
         final: bool = True,
         prefix: str = "",
         context: "Context | None" = None,
-        window_s: float | None = None,
     ) -> tuple[str, list[RecognizedWord], str | None]:
         """Text, words (finals only; times shifted by ``offset``) and language of one clip.
         The decode goes on from ``prefix`` (text already committed: the result begins with
@@ -236,9 +233,7 @@ class WhisperChunkedEngine(Engine):
             before = before[:0]
         heard = np.concatenate((before, samples)) if before.size else samples
         if final:
-            least = int(
-                (self.options.final_window_s if window_s is None else window_s) * SAMPLE_RATE
-            )
+            least = int(self.options.final_window_s * SAMPLE_RATE)
             window = min(30 * SAMPLE_RATE, max(least, heard.size + SAMPLE_RATE))
             padded = np.zeros(max(heard.size, window), np.float32)
             padded[: heard.size] = heard
@@ -337,7 +332,6 @@ class WhisperStream(EngineStream):
         self._max_size = int(self.options.max_utterance_s * SAMPLE_RATE)
         self._context: Context | None = None
         self._partial_step = self._step(1.0)
-        self._busy = False
 
     def accept(self, samples: np.ndarray) -> None:
         with self.lock:
@@ -416,7 +410,6 @@ class WhisperStream(EngineStream):
 
     def next_work(self, load: float) -> Work | None:
         with self.lock:
-            self._busy = load > 1.0
             if self._closed:
                 return Work.FINAL
             utterance = self._open
@@ -463,19 +456,17 @@ class WhisperStream(EngineStream):
                 return []
             utterance = self._closed.popleft()
             samples = utterance.samples()
-            options = self.options
-            window = options.busy_final_window_s if self._busy else options.final_window_s
         start = utterance.start / SAMPLE_RATE
         end = (utterance.start + samples.size) / SAMPLE_RATE
         if not self.engine.holds_speech(utterance, samples):
             self.stats.rejected_utterances += 1
             return []
         text, words, language = self.engine.decode(
-            samples, start, self.language, context=self._context, window_s=window
+            samples, start, self.language, context=self._context
         )
         if utterance.committed:
             text, words, language = self._keep_committed(
-                utterance.committed, text, words, language, samples, start, window
+                utterance.committed, text, words, language, samples, start
             )
         if not text and not utterance.partials_sent:
             return []
@@ -496,7 +487,6 @@ class WhisperStream(EngineStream):
         language: str | None,
         samples: np.ndarray,
         start: float,
-        window: float,
     ) -> tuple[str, list[RecognizedWord], str | None]:
         """The final with the committed words as its exact beginning: the free decode's own
         words after them where it heard the same words (punctuation and case aside), else a
@@ -511,12 +501,7 @@ class WhisperStream(EngineStream):
             merged = kept + words[head:]
             return " ".join(w.word for w in merged), merged, language
         return self.engine.decode(
-            samples,
-            start,
-            self.language,
-            prefix=" ".join(committed),
-            context=self._context,
-            window_s=window,
+            samples, start, self.language, prefix=" ".join(committed), context=self._context
         )
 
     def _partial(self) -> list[Hypothesis]:

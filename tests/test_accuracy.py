@@ -18,7 +18,6 @@ from bench.devsets import dev_meeting, librivox, speaker_reference
 from bench.scoring import normalize, wer
 from config import load_settings
 from engines import whisper_chunked
-from engines.base import Work
 from engines.models import resolve
 from engines.whisper_batch import WhisperBatch
 from engines.whisper_chunked import Context, cut_repetition, looks_looped
@@ -244,33 +243,6 @@ def test_a_partial_hears_the_previous_finals_as_a_prompt_and_a_final_as_audio(
     monkeypatch.setattr(engine.options, "partial_context_audio", True)  # type: ignore[attr-defined]
     engine.decode(clip, 0.0, "en", final=False, context=context)  # type: ignore[attr-defined]
     assert heard == [earlier.size + clip.size]
-
-
-def test_finals_take_the_short_window_while_decoding_falls_behind(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    engine = live_engine()
-    clip = librivox()[1]  # "he was not an ill disposed young man", 3 s
-    samples = clip.samples.astype(np.float32) / 32768
-    heard: list[int] = []
-    encode = whisper_chunked.encode
-
-    def counting(model: WhisperModel, audio: np.ndarray) -> object:
-        heard.append(audio.size)
-        return encode(model, audio)
-
-    monkeypatch.setattr(whisper_chunked, "encode", counting)
-    windows = {}
-    for load in (1.0, 1.5):
-        stream = engine.create_stream("en")
-        stream.accept(np.concatenate((samples, np.zeros(16000, np.float32))))
-        stream.finish()
-        assert stream.next_work(load) == Work.FINAL
-        heard.clear()
-        [final] = stream.run(Work.FINAL)
-        assert final.text.lower().startswith("he was not an") and "young man" in final.text
-        windows[load] = heard[-1]
-    assert windows == {1.0: 30 * 16000, 1.5: 5 * 16000}  # live.busy_final_window_s
 
 
 def test_two_pass_live_decodes_finals_with_the_final_model() -> None:
