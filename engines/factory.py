@@ -13,6 +13,7 @@ from engines.models import (
     recognizes,
     resolve,
 )
+from engines.scheduler import DecodeScheduler
 from engines.vad import VadConfig
 from engines.whisper_chunked import WhisperChunkedEngine, WhisperOptions
 
@@ -21,6 +22,14 @@ def decode_threads(settings: Settings) -> int:
     """Default: one core fewer than the machine has, so the event loop (WebRTC packets,
     NATS) always has a core of its own; decoding backs off instead of starving it."""
     return settings.live.decode_threads or max(1, (os.cpu_count() or 1) - 1)
+
+
+def live_scheduler(settings: Settings) -> DecodeScheduler:
+    """The decode scheduler of a process that decodes live streams (not started)."""
+    live = settings.live
+    return DecodeScheduler(
+        decode_threads(settings), max_load=live.max_load, partial_nice=live.partial_nice
+    )
 
 
 def pick_live_model(

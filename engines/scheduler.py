@@ -181,7 +181,7 @@ class DecodeScheduler:
         final = work == Work.FINAL
         self._finals_running += final
         loop = asyncio.get_running_loop()
-        jobs = [(reg.stream, work) for reg, work in batch]
+        jobs = [(reg.stream, work) for reg, _ in batch]
         future = loop.run_in_executor(self._executors[work], engine.run_batch, jobs)
         future.add_done_callback(lambda fut: self._finished(batch, fut, final))
 

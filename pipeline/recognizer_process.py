@@ -28,9 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from config import Settings
 from engines.base import SAMPLE_RATE, Engine, EngineError, EngineInfo, Hypothesis, as_float32
-from engines.factory import decode_threads, load_engine, present_model
+from engines.factory import live_scheduler, load_engine, present_model
 from engines.recognize import EventQueue, RecognizeStream, drain_events
-from engines.scheduler import DecodeScheduler
 from pipeline.tasks import TaskSet
 from protocol.errors import ErrorCode
 
@@ -73,11 +72,7 @@ class _Child:
     def __init__(self, settings: Settings, out: asyncio.StreamWriter) -> None:
         self.settings = settings
         self.out = out
-        self.scheduler = DecodeScheduler(
-            decode_threads(settings),
-            max_load=settings.live.max_load,
-            partial_nice=settings.live.partial_nice,
-        )
+        self.scheduler = live_scheduler(settings)
         self.engines: dict[str, Engine] = {}
         self.streams: dict[int, RecognizeStream] = {}
         self.accepted: dict[int, int] = {}

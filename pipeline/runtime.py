@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from engines.base import Engine
-from engines.factory import decode_threads, load_engine, pick_live_model
+from engines.factory import live_scheduler, load_engine, pick_live_model
 from engines.models import check_language
 from engines.recognize import Recognition
-from engines.scheduler import DecodeScheduler
 from pipeline.recognizer_process import RecognizerProcess
 from pipeline.sink import FrameSink
 from protocol import Subjects
@@ -69,11 +68,7 @@ class LiveRuntime:
             except BaseException:
                 await process.stop()
                 raise
-        scheduler = DecodeScheduler(
-            decode_threads(settings),
-            max_load=settings.live.max_load,
-            partial_nice=settings.live.partial_nice,
-        )
+        scheduler = live_scheduler(settings)
         await scheduler.start()
         return cls(settings, engine or load_engine(settings.live.model, settings), scheduler, sink)
 

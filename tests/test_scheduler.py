@@ -94,16 +94,23 @@ async def settle(engine: RecordingEngine, streams: list[RecordingStream]) -> Non
             await asyncio.sleep(0.01)
 
 
+async def run_all(
+    scheduler: DecodeScheduler, engine: RecordingEngine, streams: list[RecordingStream]
+) -> None:
+    """Registers ``streams``, runs the scheduler until they have no work left, stops it."""
+    for stream in streams:
+        scheduler.register(engine, stream, lambda _: None, lambda _: None)
+    await scheduler.start()
+    await settle(engine, streams)
+    await scheduler.stop()
+
+
 async def test_finals_go_before_partials_and_no_stream_runs_twice_at_once() -> None:
     engine = RecordingEngine()
     scheduler = DecodeScheduler(threads=1)
     streams = [RecordingStream(engine.log, f"p{i}", 0, 3) for i in range(4)]
     talker = RecordingStream(engine.log, "talker", 2, 0)
-    for stream in [*streams, talker]:
-        scheduler.register(engine, stream, lambda _: None, lambda _: None)
-    await scheduler.start()
-    await settle(engine, [*streams, talker])
-    await scheduler.stop()
+    await run_all(scheduler, engine, [*streams, talker])
     first_two = engine.log[:2]
     assert first_two == [("talker", Work.FINAL), ("talker", Work.FINAL)]
     assert all(s.overlaps == 0 for s in [*streams, talker])
@@ -113,11 +120,7 @@ async def test_many_threads_never_share_a_stream() -> None:
     engine = RecordingEngine()
     scheduler = DecodeScheduler(threads=4)
     streams = [RecordingStream(engine.log, f"p{i}", 3, 5) for i in range(6)]
-    for stream in streams:
-        scheduler.register(engine, stream, lambda _: None, lambda _: None)
-    await scheduler.start()
-    await settle(engine, streams)
-    await scheduler.stop()
+    await run_all(scheduler, engine, streams)
     assert len(engine.log) == 6 * 8
     assert all(s.overlaps == 0 for s in streams)
     assert len(engine.threads) > 1
@@ -129,11 +132,7 @@ async def test_partials_leave_a_thread_free_while_a_final_runs() -> None:
         scheduler = DecodeScheduler(threads=threads)
         others = [RecordingStream(engine.log, f"p{i}", 0, 6) for i in range(4)]
         talkers = [RecordingStream(engine.log, "talker", 4, 0)]
-        for stream in [*others, *talkers]:
-            scheduler.register(engine, stream, lambda _: None, lambda _: None)
-        await scheduler.start()
-        await settle(engine, [*others, *talkers])
-        await scheduler.stop()
+        await run_all(scheduler, engine, [*others, *talkers])
         beside_a_final = [partials for finals, partials in engine.partial_starts if finals]
         assert len(engine.partial_starts) == 4 * 6
         assert all(partials <= threads - 2 for partials in beside_a_final), engine.partial_starts
@@ -147,11 +146,7 @@ async def test_partials_decode_on_nicer_threads_than_finals() -> None:
     engine = RecordingEngine()
     scheduler = DecodeScheduler(threads=2, partial_nice=7)
     streams = [RecordingStream(engine.log, f"p{i}", 2, 3) for i in range(3)]
-    for stream in streams:
-        scheduler.register(engine, stream, lambda _: None, lambda _: None)
-    await scheduler.start()
-    await settle(engine, streams)
-    await scheduler.stop()
+    await run_all(scheduler, engine, streams)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert engine.nice == {Work.FINAL: {ours}, Work.PARTIAL: {min(19, ours + 7)}}
     assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the process itself is untouched
@@ -161,11 +156,7 @@ async def test_ready_streams_are_batched_and_partials_round_robin() -> None:
     engine = RecordingEngine(max_batch=3)
     scheduler = DecodeScheduler(threads=1)
     streams = [RecordingStream(engine.log, f"p{i}", 0, 2) for i in range(6)]
-    for stream in streams:
-        scheduler.register(engine, stream, lambda _: None, lambda _: None)
-    await scheduler.start()
-    await settle(engine, streams)
-    await scheduler.stop()
+    await run_all(scheduler, engine, streams)
     assert max(engine.batches) == 3
     served_first = [name for name, _ in engine.log[:6]]
     assert sorted(served_first) == sorted(
