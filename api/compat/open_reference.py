@@ -191,8 +191,8 @@ class TranscriptionResult(BaseModel):
 
 
 class InputSegment(BaseModel):
-    start: float = Field(ge=0.0)
-    end: float = Field(ge=0.0)
+    start: float = Field(ge=0.0, strict=True)
+    end: float = Field(ge=0.0, strict=True)
     text: str = Field(max_length=20_000)
     speaker: str | None = Field(default=None, max_length=128)
 
