@@ -355,6 +355,13 @@ async def test_bad_input_gets_detail_and_the_service_goes_on(
         assert "transcript" in _detail(nothing, 400)
         bad_format = await client.post("/api/summary/", json={**SUMMARY_EXAMPLE, "format": "x"})
         assert _detail(bad_format, 422)
+        boolean_end = await client.post(
+            "/api/summary/",
+            json={**SUMMARY_EXAMPLE, "transcript": [{"start": 0.0, "end": True, "text": "."}]},
+        )
+        [refused] = _detail(boolean_end, 422)
+        assert refused["loc"] == ["body", "transcript", 0, "end"], refused
+        assert refused["msg"] == "Input should be a valid number"
         assert _detail(await client.get("/api/summary/tr_000000000000deadbeef"), 404)
         assert _detail(await client.get("/api/summary/status/tr_000000000000deadbeef"), 404)
 
