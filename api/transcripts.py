@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from api.bodies import JsonBody
 from api.compat.tutorial_batch import Intelligence, TutorialSegment, intelligence, tutorial_segments
 from api.errors import ApiError, errors
 from api.services import Services
@@ -64,7 +65,7 @@ def _known_kinds(value: Any) -> Any:
     return value
 
 
-class TranscriptOptions(BaseModel):
+class TranscriptOptions(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     language: str | None = Field(default=None, max_length=16)
@@ -96,7 +97,7 @@ class CreateFromUrl(TranscriptOptions):
     audio_url: str = Field(max_length=2048)
 
 
-class CallTranscribeRequest(BaseModel):
+class CallTranscribeRequest(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
@@ -111,7 +112,7 @@ class CallTranscribeRequest(BaseModel):
         return _known_kinds(value)
 
 
-class RetranscribeRequest(BaseModel):
+class RetranscribeRequest(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, description="default: postcall.model")
@@ -119,7 +120,7 @@ class RetranscribeRequest(BaseModel):
     webhook_url: str | None = None
 
 
-class AskRequest(BaseModel):
+class AskRequest(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, max_length=2000)
@@ -248,7 +249,7 @@ def _form_options(fields: dict[str, str]) -> TranscriptOptions:
         # a form field: "email,phone" or '["email", "phone"]'
         data["redact_pii"] = [k.strip(' "[]') for k in pii.split(",") if k.strip(' "[]')]
     try:
-        return TranscriptOptions.model_validate(data)
+        return TranscriptOptions.model_validate(data, strict=False)
     except ValidationError as exc:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, _describe(exc)) from exc
 

@@ -248,6 +248,15 @@ async def test_bad_input_gets_precise_errors_and_service_keeps_serving(
         )
         assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "INVALID_REQUEST")
         assert "speakers_expected" in wrong.json()["error"]["message"]
+        for field, value, message in (
+            ("speakers_expected", True, "speakers_expected: Input should be a valid integer"),
+            ("speakers_expected", "3", "speakers_expected: Input should be a valid integer"),
+            ("diarize", 1, "diarize: Input should be a valid boolean"),
+        ):
+            coerced = await client.post(
+                "/v1/transcripts", json={"audio_url": "http://x/a.wav", field: value}
+            )
+            assert (coerced.status_code, coerced.json()["error"]["message"]) == (422, message)
         kinds = await _upload(client, "a.wav", b"RIFF", redact_pii="email,passport")
         assert (kinds.status_code, kinds.json()["error"]["code"]) == (422, "INVALID_REQUEST")
         no_file = await client.post(

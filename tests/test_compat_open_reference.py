@@ -362,6 +362,10 @@ async def test_bad_input_gets_detail_and_the_service_goes_on(
         [refused] = _detail(boolean_end, 422)
         assert refused["loc"] == ["body", "transcript", 0, "end"], refused
         assert refused["msg"] == "Input should be a valid number"
+        boolean_tokens = await client.post("/api/chat/", json={**CHAT_EXAMPLE, "max_tokens": True})
+        [refused] = _detail(boolean_tokens, 422)
+        assert refused["loc"] == ["body", "max_tokens"], refused
+        assert refused["msg"] == "Input should be a valid integer"
         assert _detail(await client.get("/api/summary/tr_000000000000deadbeef"), 404)
         assert _detail(await client.get("/api/summary/status/tr_000000000000deadbeef"), 404)
 

@@ -44,6 +44,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AccessPolicy, authorization_token
+from api.bodies import JsonBody
 from api.errors import ApiError, errors
 from api.services import Services
 from api.uploads import read_upload
@@ -190,14 +191,14 @@ class TranscriptionResult(BaseModel):
     audio_duration: float
 
 
-class InputSegment(BaseModel):
-    start: float = Field(ge=0.0, strict=True)
-    end: float = Field(ge=0.0, strict=True)
+class InputSegment(JsonBody):
+    start: float = Field(ge=0.0)
+    end: float = Field(ge=0.0)
     text: str = Field(max_length=20_000)
     speaker: str | None = Field(default=None, max_length=128)
 
 
-class SummaryRequest(BaseModel):
+class SummaryRequest(JsonBody):
     transcript: list[InputSegment] = Field(default_factory=list, max_length=MAX_SEGMENTS)
     full_text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     model_name: str | None = Field(default=None, max_length=256)
@@ -218,12 +219,12 @@ class SummaryStatus(BaseModel):
     progress: int
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(JsonBody):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=20_000)
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(JsonBody):
     transcript: list[InputSegment] = Field(default_factory=list, max_length=MAX_SEGMENTS)
     full_text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
@@ -254,7 +255,7 @@ class ChatModelList(BaseModel):
     models: list[ChatModel]
 
 
-class SegmentFromFull(BaseModel):
+class SegmentFromFull(JsonBody):
     model_config = ConfigDict(extra="ignore")
 
     segment_id: str = Field(min_length=1, max_length=256)

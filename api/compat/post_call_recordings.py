@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.bodies import JsonBody
 from api.errors import ApiError, errors
 from api.services import Services
 from api.transcripts import _checked_language, _json_body, _record, _transcript
@@ -25,7 +26,7 @@ from protocol.openapi import json_body
 router = APIRouter(tags=["compat: post-call recordings"])
 
 
-class TranscribeRecording(BaseModel):
+class TranscribeRecording(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     language: str | None = Field(

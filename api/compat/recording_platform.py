@@ -47,6 +47,7 @@ from fastapi.routing import APIRoute
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.bodies import JsonBody
 from api.errors import ApiError, errors
 from api.services import Services
 from api.transcripts import _checked_language
@@ -110,7 +111,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # --- wire records ---------------------------------------------------------------------------
 
 
-class _Open(BaseModel):
+class _Open(JsonBody):
     model_config = ConfigDict(extra="allow")
 
 
@@ -118,7 +119,7 @@ class RecallAsyncOptions(_Open):
     language_code: str = Field(default="auto", max_length=16, description="auto: detect")
 
 
-class Provider(BaseModel):
+class Provider(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     recallai_async: RecallAsyncOptions
@@ -128,7 +129,7 @@ class Diarization(_Open):
     use_separate_streams_when_available: bool = False
 
 
-class CreateTranscript(BaseModel):
+class CreateTranscript(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     provider: Provider

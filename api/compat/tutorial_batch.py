@@ -24,6 +24,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.bodies import JsonBody
 from api.errors import ApiError, errors
 from api.services import Services
 from pipeline.url_fetch import DownloadError, check_url
@@ -96,7 +97,7 @@ def intelligence(transcript: Transcript) -> Intelligence | None:
     )
 
 
-class WebhookTestRequest(BaseModel):
+class WebhookTestRequest(JsonBody):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(
