@@ -3,7 +3,8 @@
 The receiver runs in its own process (``python -m bench.bridge receiver``) so its CPU and RSS
 are read from /proc (summed with its child processes). ``bot`` is the service's bridge and
 live pipeline (whisper tiny.en) as ``serve`` runs it, recognition in its own process;
-``bot-threads`` the same with recognition in threads of the bot process; ``bare`` answers the same ``POST /v1/sessions`` with a plain aiortc peer that only decodes.
+``bot-threads`` the same with recognition in threads of the bot process; ``bot-aiortc-decoder``
+the bot with aiortc's own decoder thread per track (``bridge.decode_on_loop = false``); ``bare`` answers the same ``POST /v1/sessions`` with a plain aiortc peer that only decodes.
 The sender (this process) sends pre-encoded Opus, so its own cost stays small: ``talkers``
 tracks loop LibriVox utterances with pauses, the others send -60 dBFS room noise.
 
@@ -63,7 +64,7 @@ LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 ROOM = "bench"
 FRAME_S = 0.02
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bot", "bot-threads", "bare")
+MODES = ("bot", "bot-threads", "bot-aiortc-decoder", "bare")
 
 
 def host_address() -> str:
@@ -322,8 +323,8 @@ async def _receiver(mode: str, data_dir: Path, host: str) -> Any:
     bot = BotWindow()
     settings = load_settings(
         data_dir=data_dir,
-        bridge={"host_addresses": [host]},
-        live={"recognizer_process": mode == "bot"},
+        bridge={"host_addresses": [host], "decode_on_loop": mode != "bot-aiortc-decoder"},
+        live={"recognizer_process": mode != "bot-threads"},
     )
     runtime = await LiveRuntime.create(settings, bot)
     bridge = CountingBridge(runtime, bot)
@@ -742,6 +743,8 @@ def _receiver_main(argv: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["receiver"]:
         sys.exit(
-            "usage: python -m bench.bridge receiver --mode bot|bot-threads|bare --port P --data-dir D --host H"
+            "usage: python -m bench.bridge receiver --mode "
+            + "|".join(MODES)
+            + " --port P --data-dir D --host H"
         )
     _receiver_main(sys.argv[2:])

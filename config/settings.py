@@ -114,6 +114,11 @@ class BridgeSettings(BaseModel):
         default=True,
         description="ask senders for Opus DTX (usedtx=1): a packet per 400 ms in silence",
     )
+    decode_on_loop: bool = Field(
+        default=True,
+        description="decode received audio on the event loop, Opus to mono (false = aiortc's "
+        "decoder thread per track, 48 kHz stereo)",
+    )
     bearer_tokens: list[str] = Field(
         default_factory=list, description="accepted by bridge routes only, besides API keys"
     )

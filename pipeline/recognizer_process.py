@@ -95,7 +95,10 @@ class _Child:
                     self._handle(message)
                 except EngineError as exc:
                     self.send("error", message[1], exc.code, str(exc))
-                await self.out.drain()
+                try:
+                    await self.out.drain()
+                except ConnectionError:
+                    return  # the parent is gone
         finally:
             await self.tasks.aclose()
             await self.scheduler.stop()

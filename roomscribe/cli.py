@@ -312,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_bridge.add_argument(
         "--modes",
         nargs="+",
-        choices=["bot", "bot-threads", "bare"],
+        choices=["bot", "bot-threads", "bot-aiortc-decoder", "bare"],
         default=["bot", "bare"],
-        help="bot: as serve runs (recognition process); bot-threads: recognition in threads",
+        help="bot: as serve runs (recognition process); bot-threads: recognition in threads; "
+        "bot-aiortc-decoder: aiortc's decoder thread per track",
     )
     bench_bridge.add_argument("--out", help="write the results as JSON here")
     bench_jitsi = bench_sub.add_parser(

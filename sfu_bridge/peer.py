@@ -14,6 +14,7 @@ from pipeline.tasks import TaskSet
 from protocol import ErrorCode
 from sfu_bridge.errors import BridgeError
 from sfu_bridge.ice import gather_on, ice_configuration
+from sfu_bridge.receive_decode import decode_on_loop
 from sfu_bridge.sdp import MediaLine, parse_offer, with_opus_dtx
 from sfu_bridge.track_audio import AudioTarget, TrackFeed, drain
 from sfu_bridge.udp import enlarge_receive_buffers
@@ -81,6 +82,8 @@ class PeerSession:
             previous, self.media = self.media, {line.mid: line for line in lines}
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                if self.bridge.settings.decode_on_loop:
+                    decode_on_loop(self.pc)  # before a receiver starts: nothing awaited between
                 answer = await self.pc.createAnswer()
                 with gather_on(self.bridge.settings.host_addresses):
                     await self.pc.setLocalDescription(answer)
