@@ -89,6 +89,7 @@ def load_engine(name: str, settings: Settings, *, multilingual: bool = False) ->
             final_model_path=final.path if final else None,
             device=device.kind,
             compute_type=device.compute_type,
+            partial_nice=live.partial_nice,
         )
     from engines.sherpa_online import SherpaOnlineEngine
 

@@ -17,14 +17,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engines.base import Engine, EngineStream, Hypothesis, Work
+from engines.cpu_threads import lower_this_thread
 from engines.recognize import RecognizeStream
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class DecodeScheduler:
             Work.PARTIAL: ThreadPoolExecutor(
                 self.threads,
                 thread_name_prefix="decode-partial",
-                initializer=_lower_thread_priority,
+                initializer=lower_this_thread,
                 initargs=(self.partial_nice,),
             ),
         }
@@ -209,14 +208,3 @@ class DecodeScheduler:
             else:
                 reg.on_results(future.result()[index])
         self.wake()
-
-
-def _lower_thread_priority(increment: int) -> None:
-    """Raise this thread's nice value by ``increment`` (never lowers it: that needs privilege).
-    Linux only: elsewhere the call would name the whole process, or another one."""
-    if increment <= 0 or sys.platform != "linux":
-        return
-    tid = threading.get_native_id()
-    current = os.getpriority(os.PRIO_PROCESS, tid)
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))

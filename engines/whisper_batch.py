@@ -22,6 +22,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
 
 from engines.base import SAMPLE_RATE, EngineError, RecognizedWord, as_float32
+from engines.cpu_threads import one_blas_thread
 from engines.whisper_align import encode, timed_words
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class WhisperBatch:
         small Whisper matrices do not keep two cores busy from one call)."""
         self.name = name
         self.path = path
+        one_blas_thread()
         try:
             self._model = WhisperModel(
                 str(path),

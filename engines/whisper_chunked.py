@@ -35,6 +35,7 @@ from engines.base import (
     RecognizedWord,
     Work,
 )
+from engines.cpu_threads import build_at_lower_priority, can_lower, one_blas_thread
 from engines.silero import SileroGate
 from engines.vad import FRAME, SpeechGate, VadConfig, pcm16
 from engines.whisper_align import encode, timed_words
@@ -171,11 +172,14 @@ class WhisperChunkedEngine(Engine):
         device: str = "cpu",
         compute_type: str = "int8",
         final_model_path: Path | None = None,
+        partial_nice: int = 0,
     ) -> None:
         """``final_model_path``: a stronger model for finals (two-pass live); partials and
-        commits stay on the fast one."""
+        commits stay on the fast one. ``partial_nice``: partials decode that much nicer than
+        finals (Linux)."""
         self.options = options or WhisperOptions()
         self.language = language
+        one_blas_thread()
 
         def load(path: Path) -> WhisperModel:
             return WhisperModel(
@@ -186,8 +190,13 @@ class WhisperChunkedEngine(Engine):
                 num_workers=parallel,
             )
 
-        self.model = load(model_path)
-        self.final_model = load(final_model_path) if final_model_path else self.model
+        self.final_model = load(final_model_path or model_path)
+        if can_lower(partial_nice):
+            # CTranslate2 decodes on the worker threads a model starts when it loads, not on
+            # the caller's thread: partials get their own copy, loaded on a nicer thread.
+            self.model = build_at_lower_priority(lambda: load(model_path), partial_nice)
+        else:
+            self.model = load(model_path) if final_model_path else self.final_model
         self.gate = SileroGate.packaged(parallel) if self.options.neural_gate else None
         self._tokenizers: dict[tuple[int, str], Tokenizer] = {}
         multilingual = bool(self.model.model.is_multilingual)
