@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from threadpoolctl import threadpool_limits
@@ -32,22 +33,8 @@ def lower_this_thread(increment: int) -> None:
 def build_at_lower_priority(build: Callable[[], T], increment: int) -> T:
     """``build()`` on a new thread ``increment`` nicer than this one, so the threads it
     starts (a native library's worker pool) run at that priority for their whole life."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        lower_this_thread(increment)
-        try:
-            result.append(build())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="build-at-lower-priority")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    with ThreadPoolExecutor(1, initializer=lower_this_thread, initargs=(increment,)) as pool:
+        return pool.submit(build).result()
 
 
 def one_blas_thread() -> None:
