@@ -310,10 +310,21 @@ JobHandler = Callable[[JobContext], Awaitable[Transcript]]
 async def wait_for(
     store: JobStore, job_id: str, limit_s: float = 60.0, poll_s: float = 0.1
 ) -> JobRecord:
-    """Poll until the job is completed or failed; raises TimeoutError."""
-    async with asyncio.timeout(limit_s):
-        while True:
-            record = await store.get(job_id)
-            if record.status.terminal:
-                return record
-            await asyncio.sleep(poll_s)
+    """Poll until the job is completed or failed; raises TimeoutError naming its last state.
+    The deadline is also checked between polls: a cancellation swallowed inside the NATS
+    client must not turn the limit into an endless poll."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    status = "not found yet"
+    try:
+        async with asyncio.timeout_at(deadline):
+            while loop.time() < deadline:
+                record = await store.get(job_id)
+                if record.status.terminal:
+                    return record
+                status = record.status.value
+                await asyncio.sleep(poll_s)
+    except TimeoutError:
+        if loop.time() < deadline:
+            raise
+    raise TimeoutError(f"job {job_id} still {status} after {limit_s:g} s")

@@ -13,6 +13,8 @@ T = TypeVar("T")
 
 # how long one stage of a shutdown may take before the shutdown goes on without it
 STOP_STAGE_S = 60.0
+# how long a cancelled task may run on before it is cancelled again
+RECANCEL_S = 1.0
 
 
 class TaskSet:
@@ -47,14 +49,18 @@ class TaskSet:
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it; its failure was logged by its owner."""
-    task.cancel()
+    """Cancel ``task`` and wait for it; its failure was logged by its owner. A task that
+    lives on past a cancellation is cancelled again every :data:`RECANCEL_S`: on 3.11,
+    ``asyncio.wait_for`` and nats-py's flush can swallow one, and the owner would wait forever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_S)
+        if not task.done():
+            log.warning("task %s outlived a cancellation; cancelling it again", task.get_name())
     try:
-        await task
+        task.result()
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+        pass
     except Exception:  # noqa: S110 - logged by the TaskSet that spawned it
         pass
 

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 
 from pipeline.jobs import bucket_base, open_kv
 from pipeline.js_read import kv_keys
+from pipeline.tasks import cancel_and_wait
 from protocol import ErrorCode, ErrorFrame, Subjects
 from protocol.subjects import decode_token, encode_token
 
@@ -82,9 +83,7 @@ class RoomClaims:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         for room in list(self.rooms()):
             await self.release(room)

@@ -1,5 +1,7 @@
 """Job records, the state machine and the JetStream store, against a real nats-server."""
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,7 @@ from pipeline.jobs import (
     JobState,
     JobStore,
     new_job_id,
+    wait_for,
 )
 
 
@@ -122,3 +125,23 @@ async def test_store_pages_newest_first_and_delete_removes_files(nc: NatsClient)
     assert await store.get_file(ids[1], "audio") == b"xx"
     with pytest.raises(JobNotFoundError):
         await store.get("no such id")
+
+
+async def test_waiting_for_a_job_ends_at_its_limit_even_past_a_swallowed_cancellation(
+    nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await JobStore.open(nc, "rs-test")
+    record = await store.submit(_record())
+    real_get = store.get
+
+    async def deaf_get(job_id: str) -> JobRecord:
+        found = await real_get(job_id)
+        with contextlib.suppress(asyncio.CancelledError):  # as a client library's flush may
+            await asyncio.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(store, "get", deaf_get)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"job {record.id} still queued after 0.5 s"):
+        await wait_for(store, record.id, limit_s=0.5, poll_s=0)
+    assert time.monotonic() - started < 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tasks
-from pipeline.tasks import stop_within
+from pipeline.tasks import TaskSet, stop_within
 from tests.api_helpers import make_settings
 from tests.service_helpers import served
 
@@ -43,6 +43,32 @@ async def test_a_hung_stage_is_logged_and_the_next_ones_run(
     )
     with pytest.raises(OSError, match="disk gone"):
         await stop_within("a broken stage", broken, 0.2)
+
+
+async def test_a_task_that_outlives_its_cancellation_is_cancelled_again(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "RECANCEL_S", 0.1)
+    swallowed = []
+
+    async def retry_loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if not swallowed:  # the first one is lost, as 3.11's wait_for may lose it
+                    swallowed.append(True)
+                    continue
+                raise
+
+    owned = TaskSet("owner")
+    task = owned.spawn(retry_loop(), "retry")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, "roomscribe.tasks"):
+        async with asyncio.timeout(5):
+            await owned.aclose()
+    assert swallowed and task.cancelled()
+    assert "task owner:retry outlived a cancellation; cancelling it again" in caplog.text
 
 
 async def test_the_service_stops_past_a_hung_component(
