@@ -37,6 +37,11 @@ class LiveSettings(BaseModel):
         ge=0,
         description="0 = CPU cores - 1 (at least 1); all cores in the recognition process",
     )
+    final_cpu_threads: int = Field(
+        default=1,
+        ge=1,
+        description="CPU threads one final decode computes on (its encoder and beam search); more pays only where cores are idle while a final runs (2 of 2 cores beside the bridge was slower)",
+    )
     recognizer_process: bool = Field(
         default=True,
         description="decode live streams in a child process, so the loop that receives RTP never waits behind recognition",
@@ -60,6 +65,11 @@ class LiveSettings(BaseModel):
         ge=0,
         le=30,
         description="finals encode what they hear (with the previous finals' audio) plus 1 s, at least this many seconds; 30 = Whisper's whole window",
+    )
+    final_ahead_s: float = Field(
+        default=0.21,
+        ge=0,
+        description="after this much silence a final is decoded ahead of its endpoint (min_silence_s), on what it would hear; kept when the endpoint comes, wasted when speech goes on; 0 = off",
     )
     max_partial_interval_s: float = Field(default=3.0, gt=0)
     max_utterance_s: float = Field(default=12.0, gt=1)

@@ -79,6 +79,8 @@ class StreamStats:
     decodes: int = 0
     decode_seconds: float = 0.0
     rejected_utterances: int = 0
+    finals_ahead: int = 0  # finals decoded during a pause before its endpoint
+    finals_ahead_kept: int = 0  # of them, those the endpoint came for
 
 
 class EngineStream(ABC):

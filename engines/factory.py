@@ -70,6 +70,7 @@ def load_engine(name: str, settings: Settings, *, multilingual: bool = False) ->
             vad=VadConfig(mode=live.vad_mode, min_silence_s=live.min_silence_s),
             partial_context_audio=live.partial_context_audio,
             final_window_s=live.final_window_s,
+            final_ahead_s=live.final_ahead_s,
         )
         # The multilingual engine is the stronger model already; an English final model
         # would turn its finals into English.
@@ -87,6 +88,7 @@ def load_engine(name: str, settings: Settings, *, multilingual: bool = False) ->
             language=None if multilingual else normalize_language(live.language),
             parallel=decode_threads(settings),
             final_model_path=final.path if final else None,
+            final_cpu_threads=live.final_cpu_threads,
             device=device.kind,
             compute_type=device.compute_type,
             partial_nice=live.partial_nice,

@@ -73,6 +73,9 @@ class WhisperOptions:
     # finals encode at least this much (what they hear, padded with silence; 30 = Whisper's
     # whole window, as the offline model does): the encoder is most of a final's cost
     final_window_s: float = 30.0
+    # after this much silence (before the endpoint's ``vad.min_silence_s``) the final is
+    # decoded ahead on what it would hear; kept if the endpoint follows (0 = off)
+    final_ahead_s: float = 0.21
     partials: bool = True
     neural_gate: bool = True
 
@@ -88,6 +91,13 @@ class _Utterance:
     committed: list[str] = field(default_factory=list)
     earlier: list[list[str]] = field(default_factory=list)
     partials_sent: int = 0
+    # samples its final hears if the pause now under way turns out to be its endpoint
+    ending: int = 0
+    ahead: "_Ahead | None" = None
+
+    @property
+    def wants_ahead(self) -> bool:
+        return bool(self.ending) and (self.ahead is None or self.ahead.size != self.ending)
 
     def add(self, frame: np.ndarray) -> None:
         self.chunks.append(frame)
@@ -95,6 +105,18 @@ class _Utterance:
 
     def samples(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A final's free decode made before its endpoint, on the first ``size`` samples
+    (``heard`` None: the gate heard no speech in them)."""
+
+    size: int
+    heard: "Heard | None"
+    text: str
+    words: list[RecognizedWord]
+    language: str | None
 
 
 def _norm(word: str) -> str:
@@ -159,6 +181,18 @@ class Context:
     finals: tuple[tuple[np.ndarray, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class Heard:
+    """One clip as the encoder heard it: ``before`` samples of context audio, then ``clip``
+    samples of the clip; ``content`` feature frames of it are not padding."""
+
+    final: bool
+    clip: int
+    before: int
+    encoded: ctranslate2.StorageView
+    content: int
+
+
 class WhisperChunkedEngine(Engine):
     def __init__(
         self,
@@ -173,30 +207,35 @@ class WhisperChunkedEngine(Engine):
         compute_type: str = "int8",
         final_model_path: Path | None = None,
         partial_nice: int = 0,
+        final_cpu_threads: int | None = None,
     ) -> None:
         """``final_model_path``: a stronger model for finals (two-pass live); partials and
         commits stay on the fast one. ``partial_nice``: partials decode that much nicer than
-        finals (Linux)."""
+        finals (Linux). ``final_cpu_threads``: CPU threads of one final decode (None: as
+        ``cpu_threads``)."""
         self.options = options or WhisperOptions()
         self.language = language
         one_blas_thread()
 
-        def load(path: Path) -> WhisperModel:
+        def load(path: Path, threads: int = cpu_threads) -> WhisperModel:
             return WhisperModel(
                 str(path),
                 device=device,
                 compute_type=compute_type,
-                cpu_threads=cpu_threads,
+                cpu_threads=threads,
                 num_workers=parallel,
             )
 
-        self.final_model = load(final_model_path or model_path)
+        final_threads = final_cpu_threads or cpu_threads
+        self.final_model = load(final_model_path or model_path, final_threads)
         if can_lower(partial_nice):
             # CTranslate2 decodes on the worker threads a model starts when it loads, not on
             # the caller's thread: partials get their own copy, loaded on a nicer thread.
             self.model = build_at_lower_priority(lambda: load(model_path), partial_nice)
+        elif final_model_path or final_threads != cpu_threads:
+            self.model = load(model_path)
         else:
-            self.model = load(model_path) if final_model_path else self.final_model
+            self.model = self.final_model
         self.gate = SileroGate.packaged(parallel) if self.options.neural_gate else None
         self._tokenizers: dict[tuple[int, str], Tokenizer] = {}
         multilingual = bool(self.model.model.is_multilingual)
@@ -219,6 +258,29 @@ class WhisperChunkedEngine(Engine):
             )
         return self._tokenizers[key]
 
+    def hear(
+        self, samples: np.ndarray, final: bool = True, context: "Context | None" = None
+    ) -> Heard:
+        """The encoder's view of ``samples``, after ``context``'s audio where the decode hears
+        it (finals; partials with ``partial_context_audio``)."""
+        model = self.final_model if final else self.model
+        before = context.samples if context is not None else np.zeros(0, np.float32)
+        if before.size + samples.size > 29 * SAMPLE_RATE or not (
+            final or self.options.partial_context_audio
+        ):
+            before = before[:0]
+        heard = np.concatenate((before, samples)) if before.size else samples
+        if not final:
+            encoded, content = encode(model, heard)
+            return Heard(final, samples.size, before.size, encoded, content)
+        least = int(self.options.final_window_s * SAMPLE_RATE)
+        window = min(30 * SAMPLE_RATE, max(least, heard.size + SAMPLE_RATE))
+        padded = np.zeros(max(heard.size, window), np.float32)
+        padded[: heard.size] = heard
+        encoded, _ = encode(model, padded)
+        content = min(3000, int(np.ceil(heard.size / 160)))
+        return Heard(final, samples.size, before.size, encoded, content)
+
     def decode(
         self,
         samples: np.ndarray,
@@ -227,36 +289,27 @@ class WhisperChunkedEngine(Engine):
         final: bool = True,
         prefix: str = "",
         context: "Context | None" = None,
+        heard: "Heard | None" = None,
     ) -> tuple[str, list[RecognizedWord], str | None]:
         """Text, words (finals only; times shifted by ``offset``) and language of one clip.
         The decode goes on from ``prefix`` (text already committed: the result begins with
         it). The decode hears ``context`` first (the speaker's latest finals: their audio
         before the clip in the same window, their text forced), as the offline model hears a
-        speaker's earlier speech glued before the current turn."""
+        speaker's earlier speech glued before the current turn. ``heard``: this clip already
+        encoded by :meth:`hear` with the same ``final`` and ``context`` (a second decode of
+        it skips the encoder, most of a final's cost)."""
         seconds = samples.size / SAMPLE_RATE
         model = self.final_model if final else self.model
-        before = context.samples if context is not None else np.zeros(0, np.float32)
-        if before.size + samples.size > 29 * SAMPLE_RATE or not (
-            final or self.options.partial_context_audio
-        ):
-            before = before[:0]
-        heard = np.concatenate((before, samples)) if before.size else samples
-        if final:
-            least = int(self.options.final_window_s * SAMPLE_RATE)
-            window = min(30 * SAMPLE_RATE, max(least, heard.size + SAMPLE_RATE))
-            padded = np.zeros(max(heard.size, window), np.float32)
-            padded[: heard.size] = heard
-            encoded, _ = encode(model, padded)
-            content = min(3000, int(np.ceil(heard.size / 160)))
-        else:
-            encoded, content = encode(model, heard)
+        if heard is None or heard.final != final or heard.clip != samples.size:
+            heard = self.hear(samples, final, context)
+        encoded = heard.encoded
         if language is None and model.model.is_multilingual:
             language = model.model.detect_language(encoded)[0][0][0][2:-2]
         tokenizer = self._tokenizer(model, language or "en")
-        said = tokenizer.encode(" " + context.text) if before.size and context else []
+        said = tokenizer.encode(" " + context.text) if heard.before and context else []
         forced = tokenizer.encode(" " + prefix.strip()) if prefix.strip() else []
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *said, *forced]
-        if not final and not before.size and context is not None and context.text:
+        if not final and not heard.before and context is not None and context.text:
             # Forced tokens after <|notimestamps|> are decoded one step at a time; a previous
             # text prompt goes through the decoder at once: a third of the cost of hearing it.
             previous = tokenizer.encode(" " + context.text)[-CONTEXT_TOKENS:]
@@ -281,8 +334,10 @@ class WhisperChunkedEngine(Engine):
             return "", [], language
         if not final or not tokens:
             return text, [], language
-        shift = offset - before.size / SAMPLE_RATE
-        words = timed_words(model, tokenizer, said + tokens, encoded, content, shift, len(said))
+        shift = offset - heard.before / SAMPLE_RATE
+        words = timed_words(
+            model, tokenizer, said + tokens, encoded, heard.content, shift, len(said)
+        )
         return text, [w for w in words if w.end > offset], language
 
     def _generate(
@@ -341,6 +396,13 @@ class WhisperStream(EngineStream):
         self._max_size = int(self.options.max_utterance_s * SAMPLE_RATE)
         self._context: Context | None = None
         self._partial_step = self._step(1.0)
+        # the endpoint keeps ``tail`` frames of the silence after the last voiced one
+        self._tail_frames = self._gate.onset_frames // 2
+        self._ahead_frames = (
+            max(self._tail_frames, round(self.options.final_ahead_s * SAMPLE_RATE / FRAME))
+            if self.options.final_ahead_s > 0
+            else 0
+        )
 
     def accept(self, samples: np.ndarray) -> None:
         with self.lock:
@@ -371,6 +433,11 @@ class WhisperStream(EngineStream):
                 self._history.append(frame)
         else:
             self._open.add(frame)
+            silent = self._gate.silent_frames
+            if silent == 0:
+                self._open.ending = 0
+            elif silent == self._ahead_frames and event is None:
+                self._open.ending = self._open.size - (silent - self._tail_frames) * FRAME
             if event == "end":
                 keep = max(0, self._gate.silent_frames - self._gate.onset_frames // 2)
                 self._trim(self._open, keep * FRAME)
@@ -422,6 +489,8 @@ class WhisperStream(EngineStream):
             if self._closed:
                 return Work.FINAL
             utterance = self._open
+            if utterance is not None and utterance.wants_ahead:
+                return Work.FINAL
             if utterance is None or not self.options.partials:
                 return None
             self._partial_step = self._step(load)
@@ -459,23 +528,51 @@ class WhisperStream(EngineStream):
             self.stats.decodes += 1
             self.stats.decode_seconds += time.perf_counter() - began
 
+    def _decode_ahead(self) -> list[Hypothesis]:
+        """The open utterance's final decoded during the pause that may be its endpoint: a
+        final is that decode's wait shorter when the endpoint comes, one decode wasted when
+        speech goes on."""
+        with self.lock:
+            utterance = self._open
+            if utterance is None or not utterance.wants_ahead:
+                return []
+            samples = utterance.samples()[: utterance.ending]
+        ahead = _Ahead(samples.size, None, "", [], None)
+        if self.engine.holds_speech(utterance, samples):
+            start = utterance.start / SAMPLE_RATE
+            heard = self.engine.hear(samples, context=self._context)
+            text, words, language = self.engine.decode(
+                samples, start, self.language, context=self._context, heard=heard
+            )
+            ahead = _Ahead(samples.size, heard, text, words, language)
+        with self.lock:
+            utterance.ahead = ahead
+            self.stats.finals_ahead += 1
+        return []
+
     def _final(self) -> list[Hypothesis]:
         with self.lock:
-            if not self._closed:
-                return []
-            utterance = self._closed.popleft()
-            samples = utterance.samples()
+            utterance = self._closed.popleft() if self._closed else None
+        if utterance is None:
+            return self._decode_ahead()
+        samples = utterance.samples()
         start = utterance.start / SAMPLE_RATE
         end = (utterance.start + samples.size) / SAMPLE_RATE
         if not self.engine.holds_speech(utterance, samples):
             self.stats.rejected_utterances += 1
             return []
-        text, words, language = self.engine.decode(
-            samples, start, self.language, context=self._context
-        )
+        ahead = utterance.ahead
+        if ahead is not None and ahead.heard is not None and ahead.size == samples.size:
+            heard, text, words, language = ahead.heard, ahead.text, ahead.words, ahead.language
+            self.stats.finals_ahead_kept += 1
+        else:
+            heard = self.engine.hear(samples, context=self._context)
+            text, words, language = self.engine.decode(
+                samples, start, self.language, context=self._context, heard=heard
+            )
         if utterance.committed:
             text, words, language = self._keep_committed(
-                utterance.committed, text, words, language, samples, start
+                utterance.committed, text, words, language, samples, start, heard
             )
         if not text and not utterance.partials_sent:
             return []
@@ -496,11 +593,12 @@ class WhisperStream(EngineStream):
         language: str | None,
         samples: np.ndarray,
         start: float,
+        heard: Heard,
     ) -> tuple[str, list[RecognizedWord], str | None]:
         """The final with the committed words as its exact beginning: the free decode's own
         words after them where it heard the same words (punctuation and case aside), else a
-        decode forced to go on from them (forcing costs a second decode and reads less
-        naturally, so it is only the fallback)."""
+        decode forced to go on from them, on the encoder output the free decode used (forcing
+        costs a second beam search and reads less naturally, so it is only the fallback)."""
         head = len(committed)
         if [_norm(w.word) for w in words[:head]] == [_norm(w) for w in committed]:
             kept = [
@@ -510,7 +608,12 @@ class WhisperStream(EngineStream):
             merged = kept + words[head:]
             return " ".join(w.word for w in merged), merged, language
         return self.engine.decode(
-            samples, start, self.language, prefix=" ".join(committed), context=self._context
+            samples,
+            start,
+            language,
+            prefix=" ".join(committed),
+            context=self._context,
+            heard=heard,
         )
 
     def _partial(self) -> list[Hypothesis]:

@@ -18,6 +18,7 @@ from bench.devsets import dev_meeting, librivox, speaker_reference
 from bench.scoring import normalize, wer
 from config import load_settings
 from engines import whisper_chunked
+from engines.base import Work
 from engines.models import resolve
 from engines.whisper_batch import WhisperBatch
 from engines.whisper_chunked import Context, cut_repetition, looks_looped
@@ -209,6 +210,39 @@ def test_a_decode_goes_on_from_the_committed_prefix() -> None:
         assert "young man" in text.lower()
         if final:
             assert [w.word for w in words][:3] == ["He", "was", "not"]
+
+
+def test_a_forced_final_reuses_the_free_decodes_encoder_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A final whose free decode disagrees with the committed words is decoded again from
+    them: on the window the free decode encoded (the encoder is most of a final's cost),
+    giving what a decode that encodes it anew gives."""
+    engine = live_engine()
+    clips = librivox()
+    earlier = clips[0].samples.astype(np.float32) / 32768
+    clip = clips[1].samples.astype(np.float32) / 32768  # "he was not an ill disposed young man"
+    context = Context.keep(None, earlier, clips[0].text)
+    anew = engine.decode(clip, 2.0, "en", prefix="She was not", context=context)  # type: ignore[attr-defined]
+    heard: list[int] = []
+    encode = whisper_chunked.encode
+
+    def counting(model: WhisperModel, audio: np.ndarray) -> object:
+        heard.append(audio.size)
+        return encode(model, audio)
+
+    monkeypatch.setattr(whisper_chunked, "encode", counting)
+    stream = engine.create_stream("en")
+    stream._context = context  # type: ignore[attr-defined]
+    stream.accept(np.concatenate((np.zeros(32000, np.float32), clip, np.zeros(16000, np.float32))))
+    stream.finish()
+    stream._closed[0].committed = ["She", "was", "not"]  # type: ignore[attr-defined]
+    (final,) = stream.run(Work.FINAL)
+    assert final.text.startswith("She was not ") and "young man" in final.text.lower()
+    assert heard == [30 * 16000]  # one encoder pass for both decodes
+    text, words, _ = anew
+    assert text == final.text, (text, final.text)
+    assert [w.word for w in words] == [w.word for w in final.words]
 
 
 def test_a_partial_hears_the_previous_finals_as_a_prompt_and_a_final_as_audio(
