@@ -17,7 +17,6 @@ from bench.accuracy import feed, stable_violations
 from bench.devsets import dev_meeting, librivox, speaker_reference
 from bench.scoring import normalize, wer
 from config import load_settings
-from engines import whisper_chunked
 from engines.base import Work
 from engines.models import resolve
 from engines.whisper_batch import WhisperBatch
@@ -26,7 +25,7 @@ from pipeline.call import CallSession
 from pipeline.runtime import LiveRuntime
 from pipeline.sink import CollectingSink
 from protocol import CaptionFrame
-from tests.live_helpers import live_engine
+from tests.live_helpers import count_encodes, live_engine
 
 # one word in about 200: enough to catch a lost sentence, not one word's coin flip
 SLACK = 0.005
@@ -224,14 +223,7 @@ def test_a_forced_final_reuses_the_free_decodes_encoder_output(
     clip = clips[1].samples.astype(np.float32) / 32768  # "he was not an ill disposed young man"
     context = Context.keep(None, earlier, clips[0].text)
     anew = engine.decode(clip, 2.0, "en", prefix="She was not", context=context)  # type: ignore[attr-defined]
-    heard: list[int] = []
-    encode = whisper_chunked.encode
-
-    def counting(model: WhisperModel, audio: np.ndarray) -> object:
-        heard.append(audio.size)
-        return encode(model, audio)
-
-    monkeypatch.setattr(whisper_chunked, "encode", counting)
+    heard = count_encodes(monkeypatch)
     stream = engine.create_stream("en")
     stream._context = context  # type: ignore[attr-defined]
     stream.accept(np.concatenate((np.zeros(32000, np.float32), clip, np.zeros(16000, np.float32))))
@@ -253,14 +245,7 @@ def test_a_partial_hears_the_previous_finals_as_a_prompt_and_a_final_as_audio(
     earlier = clips[0].samples.astype(np.float32) / 32768
     clip = clips[1].samples.astype(np.float32) / 32768  # "he was not an ill disposed young man"
     context = Context.keep(None, earlier, clips[0].text)
-    heard: list[int] = []
-    encode = whisper_chunked.encode
-
-    def counting(model: WhisperModel, audio: np.ndarray) -> object:
-        heard.append(audio.size)
-        return encode(model, audio)
-
-    monkeypatch.setattr(whisper_chunked, "encode", counting)
+    heard = count_encodes(monkeypatch)
     text, _, _ = engine.decode(clip, 0.0, "en", final=False, context=context)  # type: ignore[attr-defined]
     assert "young man" in text.lower() and "cold" not in text.lower(), text
     assert heard == [clip.size]

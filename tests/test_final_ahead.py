@@ -3,14 +3,12 @@ endpoint comes (the same final, one encoder pass), thrown away when speech goes 
 
 import numpy as np
 import pytest
-from faster_whisper import WhisperModel
 
 from bench.devsets import librivox
 from bench.scoring import normalize
-from engines import whisper_chunked
-from engines.base import Hypothesis, Work
+from engines.base import Hypothesis
 from engines.whisper_chunked import WhisperStream
-from tests.live_helpers import live_engine
+from tests.live_helpers import count_encodes, live_engine
 
 WINDOW = 30 * 16000
 
@@ -48,22 +46,12 @@ def finals_of(stream: WhisperStream, audio: np.ndarray) -> list[Hypothesis]:
 
 
 @pytest.fixture
-def windows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many final-sized windows the encoder ran on."""
-    encoded: list[int] = []
-    encode = whisper_chunked.encode
-
-    def counting(model: WhisperModel, audio: np.ndarray) -> object:
-        if audio.size == WINDOW:
-            encoded.append(audio.size)
-        return encode(model, audio)
-
-    monkeypatch.setattr(whisper_chunked, "encode", counting)
-    return encoded
+def encoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    return count_encodes(monkeypatch)
 
 
 def test_a_final_decoded_ahead_is_the_final_the_endpoint_gives(
-    windows: list[int], monkeypatch: pytest.MonkeyPatch
+    encoded: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = live_engine()
     audio = np.concatenate((seconds(1), speech(2), seconds(1.5)))
@@ -71,13 +59,14 @@ def test_a_final_decoded_ahead_is_the_final_the_endpoint_gives(
     (final,) = finals_of(ahead, audio)
     assert normalize(final.text) == normalize(librivox()[2].text)
     assert ahead.stats.finals_ahead_kept == 1
-    assert len(windows) == ahead.stats.finals_ahead  # the final itself encoded nothing more
+    # a final-sized window per decode ahead: the final itself encoded nothing more
+    assert encoded.count(WINDOW) == ahead.stats.finals_ahead
 
     monkeypatch.setattr(engine.options, "final_ahead_s", 0.0)  # type: ignore[attr-defined]
-    windows.clear()
+    encoded.clear()
     plain = engine.create_stream("en")
     (expected,) = finals_of(plain, audio)
-    assert plain.stats.finals_ahead == 0 and len(windows) == 1
+    assert plain.stats.finals_ahead == 0 and encoded.count(WINDOW) == 1
     assert (final.text, final.start, final.end, final.words) == (
         expected.text,
         expected.start,
@@ -86,7 +75,7 @@ def test_a_final_decoded_ahead_is_the_final_the_endpoint_gives(
     )
 
 
-def test_speech_after_a_short_pause_throws_the_decode_ahead_away(windows: list[int]) -> None:
+def test_speech_after_a_short_pause_throws_the_decode_ahead_away(encoded: list[int]) -> None:
     """0.3 s of silence between two sentences is a pause, not an endpoint (0.45 s): the
     decode made during it is wasted, and the one final holds every word of both."""
     engine = live_engine()
@@ -99,15 +88,15 @@ def test_speech_after_a_short_pause_throws_the_decode_ahead_away(windows: list[i
     ]
     assert stream.stats.finals_ahead >= 2  # in the pause, and before the endpoint
     assert stream.stats.finals_ahead_kept == 1
-    assert len(windows) == stream.stats.finals_ahead
+    assert encoded.count(WINDOW) == stream.stats.finals_ahead
 
 
 def test_no_decode_ahead_when_turned_off(
-    windows: list[int], monkeypatch: pytest.MonkeyPatch
+    encoded: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = live_engine()
     monkeypatch.setattr(engine.options, "final_ahead_s", 0.0)  # type: ignore[attr-defined]
     stream = engine.create_stream("en")
     finals = finals_of(stream, np.concatenate((seconds(1), speech(2), seconds(1.5))))
     assert [normalize(f.text) for f in finals] == [normalize(librivox()[2].text)]
-    assert stream.stats.finals_ahead == 0 and len(windows) == 1
+    assert stream.stats.finals_ahead == 0 and encoded.count(WINDOW) == 1
