@@ -439,7 +439,7 @@ class WhisperStream(EngineStream):
             elif silent == self._ahead_frames and event is None:
                 self._open.ending = self._open.size - (silent - self._tail_frames) * FRAME
             if event == "end":
-                keep = max(0, self._gate.silent_frames - self._gate.onset_frames // 2)
+                keep = max(0, self._gate.silent_frames - self._tail_frames)
                 self._trim(self._open, keep * FRAME)
                 self._close()
             elif self._open.size >= self._max_size:
